@@ -1,0 +1,1465 @@
+//! The engine: the write path (compare, preserve, overwrite), reads of the live image and of
+//! snapshots, snapshot lifecycle, restore, export, diffs, status and consistency check.
+//!
+//! The ordering rule every write obeys: the preserved copy of a block and the journal record
+//! naming it are durable in the store before the new data can reach the origin.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use roaring::RoaringBitmap;
+use serde::Serialize;
+
+use crate::commit::{Committer, Request};
+use crate::csum::CsumCache;
+use crate::error::{Error, Result};
+use crate::format::{Entry, JournalBlock, MAX_BLOCK, MIN_BLOCK, SUPER_SLOTS};
+use crate::index::{Index, SlotRef};
+use crate::io::{AlignedBuf, BlockDev, FileDev};
+use crate::locks::BlockLocks;
+use crate::store::{JournalPos, Recovery, Store};
+
+/// Largest run of blocks one write step locks and processes at once.
+const MAX_RUN: u64 = 256;
+
+/// How to open (and, if needed, format) a store.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Block size for a new store (power of two, 4 KiB–64 KiB).
+    pub block_size: u32,
+    /// Origin size in bytes; the backing file is created or extended to it.
+    pub size: Option<u64>,
+    /// Use O_DIRECT on origin and store files.
+    pub direct_io: bool,
+    /// Cap on the store's size in bytes.
+    pub max_store_bytes: Option<u64>,
+    /// Format the store when it does not exist (or is empty).
+    pub create: bool,
+    /// Open without writing anything (offline list, export, diff, check).
+    pub read_only: bool,
+    /// Accept an origin whose path and inode both changed (the user says it is the same disk).
+    pub adopt_origin: bool,
+    /// Entries in the per-block checksum table (8 bytes each).
+    pub csum_entries: usize,
+    /// Journal blocks between checkpoints.
+    pub checkpoint_every: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            block_size: 4096,
+            size: None,
+            direct_io: false,
+            max_store_bytes: None,
+            create: true,
+            read_only: false,
+            adopt_origin: false,
+            csum_entries: 1 << 20,
+            checkpoint_every: 4096,
+        }
+    }
+}
+
+/// A snapshot as users see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SnapshotInfo {
+    /// Id, unique for the store's lifetime.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// Blocks preserved in its delta.
+    pub preserved_blocks: u64,
+    /// Bytes preserved in its delta.
+    pub preserved_bytes: u64,
+    /// Hidden from users (ship points).
+    pub internal: bool,
+}
+
+/// A run of blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BlockRange {
+    /// First block.
+    pub start: u64,
+    /// Number of blocks.
+    pub len: u64,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreReport {
+    /// Snapshot restored.
+    pub snapshot: String,
+    /// The automatic snapshot holding the image from before the restore (restore it to undo).
+    pub pre_restore: String,
+    /// Whether this call resumed an interrupted restore.
+    pub resumed: bool,
+    /// Blocks that had to be considered.
+    pub blocks: u64,
+    /// Blocks written to the origin.
+    pub written: u64,
+    /// Blocks already right (compare-skipped).
+    pub skipped: u64,
+}
+
+/// Counters since open.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// Write calls (incl. discard and write-zeroes).
+    pub writes: u64,
+    /// Bytes those calls covered.
+    pub write_bytes: u64,
+    /// Blocks written to the origin.
+    pub blocks_written: u64,
+    /// Blocks not written because the origin already held the same bytes.
+    pub blocks_skipped_identical: u64,
+    /// Blocks read from the origin to compare or preserve.
+    pub compare_reads: u64,
+    /// Blocks preserved into a snapshot delta (copy-on-write).
+    pub preserves: u64,
+    /// Commit groups written (one store sync each).
+    pub commit_groups: u64,
+    /// Requests carried by those groups.
+    pub commit_requests: u64,
+    /// Largest number of requests in one group.
+    pub max_group_requests: u64,
+    /// Flushes.
+    pub flushes: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Writes refused because the store was full.
+    pub store_full_errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    writes: AtomicU64,
+    write_bytes: AtomicU64,
+    blocks_written: AtomicU64,
+    blocks_skipped: AtomicU64,
+    compare_reads: AtomicU64,
+    preserves: AtomicU64,
+    groups: AtomicU64,
+    group_requests: AtomicU64,
+    max_group: AtomicU64,
+    flushes: AtomicU64,
+    checkpoints: AtomicU64,
+    store_full: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Where a restore stands.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreState {
+    /// Snapshot being restored.
+    pub target: String,
+    /// Snapshot holding the image from before it.
+    pub pre_restore: String,
+}
+
+/// Everything `snapblk status` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Origin name (path).
+    pub origin: String,
+    /// Store name (path).
+    pub store: String,
+    /// Device size in bytes.
+    pub size_bytes: u64,
+    /// Block size.
+    pub block_size: u32,
+    /// Store bytes in use.
+    pub store_used_bytes: u64,
+    /// Store limit in bytes, if any.
+    pub store_capacity_bytes: Option<u64>,
+    /// The last preserve failed for lack of room; writes needing a preserve fail until space
+    /// is freed.
+    pub store_full: bool,
+    /// Why the engine stopped accepting writes, if it did.
+    pub failed: Option<String>,
+    /// User snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Internal snapshots (ship points).
+    pub internal_snapshots: Vec<SnapshotInfo>,
+    /// An interrupted restore, if any.
+    pub restore_in_progress: Option<RestoreState>,
+    /// Counters since open.
+    pub stats: Stats,
+    /// What opening found in the journal.
+    pub recovery: Recovery,
+}
+
+/// Result of [`Engine::check`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Preserved blocks read and verified.
+    pub preserved_blocks: u64,
+    /// Slots in use that nothing references (left by failed commits; reclaimed on reopen).
+    pub unreferenced_slots: u64,
+    /// Inconsistencies found; empty means the store is consistent.
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    /// Whether no inconsistency was found.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+struct Writer {
+    store: Store,
+    pos: JournalPos,
+    since_checkpoint: u64,
+}
+
+/// A snapshot-capable view of an origin device backed by a store. See the crate docs.
+pub struct Engine {
+    origin: Arc<dyn BlockDev>,
+    store_dev: Arc<dyn BlockDev>,
+    origin_name: String,
+    store_name: String,
+    bs: u32,
+    size: u64,
+    nblocks: u64,
+    read_only: bool,
+    index: RwLock<Index>,
+    /// Writers hold it shared; snapshot create/delete hold it exclusively, so every write falls
+    /// wholly before or wholly after a snapshot.
+    gate: RwLock<()>,
+    locks: BlockLocks,
+    csum: CsumCache,
+    committer: Committer,
+    writer: Mutex<Writer>,
+    counters: Counters,
+    store_full: AtomicBool,
+    failed: Mutex<Option<String>>,
+    has_failed: AtomicBool,
+    recovery: Recovery,
+    checkpoint_every: u64,
+    zero_crc: u32,
+}
+
+/// Names users may give snapshots.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // The index is only mutated by whole-entry applies; a panic mid-apply is a bug that the
+    // check function would report, not a reason to stop serving reads.
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write_lock<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where the new data of a write comes from.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Data(&'a [u8]),
+    Zeroes(u64),
+}
+
+impl Src<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Src::Data(d) => d.len() as u64,
+            Src::Zeroes(n) => *n,
+        }
+    }
+}
+
+/// Per-run scratch: what the origin held for the blocks we had to read.
+struct Run {
+    b0: u64,
+    n: usize,
+    newest: Option<u64>,
+    need: Vec<bool>,
+    old: AlignedBuf,
+    have_old: Vec<bool>,
+}
+
+impl Engine {
+    /// Opens `store` for the origin file or device `backing`, formatting a new store when
+    /// `opts.create` and it does not exist yet.
+    pub fn open_files(backing: &Path, store: &Path, opts: &OpenOptions) -> Result<Engine> {
+        if !backing.exists() {
+            match opts.size {
+                Some(_) if !opts.read_only => {
+                    FileDev::create(backing, false).map_err(|e| {
+                        Error::io(format!("create backing file {}", backing.display()), e)
+                    })?;
+                }
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "backing file {} does not exist: create it (e.g. `truncate -s 20G {}`) or pass --size",
+                        backing.display(),
+                        backing.display()
+                    )))
+                }
+            }
+        }
+        let origin = FileDev::open(backing, opts.direct_io, opts.read_only)
+            .map_err(|e| Error::io(format!("open backing {}", backing.display()), e))?;
+        let cur = origin
+            .len()
+            .map_err(|e| Error::io(format!("size of backing {}", backing.display()), e))?;
+        if let Some(want) = opts.size {
+            if cur < want && !opts.read_only {
+                origin.set_len(want).map_err(|e| {
+                    Error::io(format!("extend backing {} to {want} bytes", backing.display()), e)
+                })?;
+            } else if cur > want {
+                return Err(Error::Invalid(format!(
+                    "backing {} is {cur} bytes, larger than --size {want}: omit --size or give the backing's size",
+                    backing.display()
+                )));
+            }
+        }
+        let store_exists = store.exists()
+            && std::fs::metadata(store).map(|m| m.len() > 0 || !m.is_file()).unwrap_or(false);
+        let origin: Arc<dyn BlockDev> = Arc::new(origin);
+        if store_exists {
+            let dev = FileDev::open(store, opts.direct_io, opts.read_only)
+                .map_err(|e| Error::io(format!("open store {}", store.display()), e))?;
+            return Engine::open(origin, Arc::new(dev), opts);
+        }
+        if !opts.create || opts.read_only {
+            return Err(Error::Invalid(format!(
+                "store {} does not exist: give the right --store path, or create the device first",
+                store.display()
+            )));
+        }
+        if store.exists() {
+            // An empty regular file: reuse it.
+            std::fs::remove_file(store)
+                .map_err(|e| Error::io(format!("replace empty store {}", store.display()), e))?;
+        }
+        let dev = FileDev::create(store, opts.direct_io)
+            .map_err(|e| Error::io(format!("create store {}", store.display()), e))?;
+        let dev: Arc<dyn BlockDev> = Arc::new(dev);
+        match Engine::format(origin, dev, opts) {
+            Ok(e) => Ok(e),
+            Err(e) => {
+                // Leave nothing half-made behind.
+                let _ = std::fs::remove_file(store);
+                Err(e)
+            }
+        }
+    }
+
+    /// Formats `store` for `origin` (whose current length is the device size) and opens it.
+    pub fn format(origin: Arc<dyn BlockDev>, store: Arc<dyn BlockDev>, opts: &OpenOptions) -> Result<Engine> {
+        let bs = opts.block_size;
+        if !bs.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&bs) {
+            return Err(Error::Invalid(format!(
+                "block size {bs} is not a power of two between {MIN_BLOCK} and {MAX_BLOCK}"
+            )));
+        }
+        let size = origin
+            .len()
+            .map_err(|e| Error::io(format!("size of backing {}", origin.name()), e))?;
+        if size == 0 || size % bs as u64 != 0 {
+            return Err(Error::Invalid(format!(
+                "backing {} is {size} bytes: the size must be a non-zero multiple of the block size ({bs})",
+                origin.name()
+            )));
+        }
+        if size / bs as u64 >= u32::MAX as u64 {
+            return Err(Error::Invalid(format!(
+                "backing {} has more than 2^32-1 blocks of {bs} bytes: use a larger --block-size",
+                origin.name()
+            )));
+        }
+        let ident = origin.identity().unwrap_or_default();
+        let (st, ix, pos) = Store::format(store.clone(), bs, size, ident)?;
+        Engine::assemble(origin, store, st, ix, pos, Recovery::default(), opts)
+    }
+
+    /// Opens an existing store for `origin`.
+    pub fn open(origin: Arc<dyn BlockDev>, store: Arc<dyn BlockDev>, opts: &OpenOptions) -> Result<Engine> {
+        let size = origin
+            .len()
+            .map_err(|e| Error::io(format!("size of backing {}", origin.name()), e))?;
+        let ident = origin.identity();
+        let origin_name = origin.name();
+        let store_name = store.name();
+        let adopt = opts.adopt_origin;
+        let (mut st, ix, pos, rec) = Store::open(store.clone(), opts.read_only, |sb| {
+            if sb.origin_size != size {
+                return Err(Error::OriginSize {
+                    origin: origin_name.clone(),
+                    store: store_name.clone(),
+                    expected: sb.origin_size,
+                    found: size,
+                });
+            }
+            if let Some(id) = &ident {
+                if !sb.origin.path.is_empty() && !sb.origin.matches(id) && !adopt {
+                    return Err(Error::WrongOrigin {
+                        store: store_name.clone(),
+                        expected: sb.origin.path.clone(),
+                        found: id.path.clone(),
+                    });
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(id) = ident {
+            if !opts.read_only && st.superblock().origin != id {
+                // Same origin, moved or copied: remember where it is now.
+                st.set_origin(id)?;
+            }
+        }
+        Engine::assemble(origin, store, st, ix, pos, rec, opts)
+    }
+
+    fn assemble(
+        origin: Arc<dyn BlockDev>,
+        store_dev: Arc<dyn BlockDev>,
+        store: Store,
+        mut ix: Index,
+        pos: JournalPos,
+        recovery: Recovery,
+        opts: &OpenOptions,
+    ) -> Result<Engine> {
+        let sb = store.superblock().clone();
+        let bs = sb.block_size;
+        let mut limit = opts.max_store_bytes.map(|b| b / bs as u64);
+        if !store_dev.can_grow() {
+            let dev_slots = store_dev
+                .len()
+                .map_err(|e| Error::io(format!("size of store {}", store_dev.name()), e))?
+                / bs as u64;
+            limit = Some(limit.map_or(dev_slots, |l| l.min(dev_slots)));
+        }
+        ix.alloc.set_limit(limit);
+        let zero = vec![0u8; bs as usize];
+        Ok(Engine {
+            origin_name: origin.name(),
+            store_name: store_dev.name(),
+            origin,
+            store_dev,
+            bs,
+            size: sb.origin_size,
+            nblocks: sb.origin_size / bs as u64,
+            read_only: opts.read_only,
+            index: RwLock::new(ix),
+            gate: RwLock::new(()),
+            locks: BlockLocks::new(4096),
+            csum: CsumCache::new(opts.csum_entries),
+            committer: Committer::new(1024),
+            writer: Mutex::new(Writer {
+                store,
+                pos,
+                since_checkpoint: 0,
+            }),
+            counters: Counters::default(),
+            store_full: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            has_failed: AtomicBool::new(false),
+            recovery,
+            checkpoint_every: opts.checkpoint_every.max(1),
+            zero_crc: crc32fast::hash(&zero),
+        })
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.bs
+    }
+
+    /// Device size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// What opening the store found in its journal.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    fn check_range(&self, off: u64, len: u64) -> Result<()> {
+        if off.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(Error::OutOfRange {
+                off,
+                len,
+                size: self.size,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::Invalid(format!(
+                "store {} is open read-only",
+                self.store_name
+            )));
+        }
+        if self.has_failed.load(Ordering::Acquire) {
+            let reason = self
+                .failed
+                .lock()
+                .map(|f| f.clone().unwrap_or_default())
+                .unwrap_or_default();
+            return Err(Error::Failed {
+                store: self.store_name.clone(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(store = %self.store_name, %reason, "engine stops accepting writes");
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert(reason);
+        }
+        self.has_failed.store(true, Ordering::Release);
+    }
+
+    fn origin_err(&self, what: &str, e: std::io::Error) -> Error {
+        Error::io(format!("{what} backing {}", self.origin_name), e)
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// Reads the live image.
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(off, buf.len() as u64)?;
+        self.origin
+            .read_at(buf, off)
+            .map_err(|e| self.origin_err("read", e))?;
+        let bs = self.bs as u64;
+        if off % bs == 0 && buf.len() as u64 % bs == 0 {
+            // Remember what we saw; a stale entry is harmless (see csum.rs).
+            for (i, chunk) in buf.chunks(bs as usize).enumerate() {
+                self.csum
+                    .put((off / bs) as u32 + i as u32, crc32fast::hash(chunk));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_slot(&self, r: SlotRef, out: &mut [u8], block: u64) -> Result<()> {
+        self.store_dev
+            .read_at(out, r.slot * self.bs as u64)
+            .map_err(|e| Error::io(format!("read preserved block from store {}", self.store_name), e))?;
+        if crc32fast::hash(out) != r.crc {
+            return Err(Error::Corrupt {
+                store: self.store_name.clone(),
+                detail: format!(
+                    "preserved copy of block {block} in slot {} fails its checksum",
+                    r.slot
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn snap_pos(&self, ix: &Index, name: &str) -> Result<usize> {
+        ix.pos_by_name(name)
+            .ok_or_else(|| Error::NoSuchSnapshot(name.to_string()))
+    }
+
+    /// Reads the frozen image of snapshot `name`.
+    pub fn read_snapshot(&self, name: &str, off: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(off, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let _gate = read_lock(&self.gate);
+        let bs = self.bs as u64;
+        let b0 = off / bs;
+        let b1 = (off + buf.len() as u64).div_ceil(bs);
+        let n = (b1 - b0) as usize;
+        let resolve = |ix: &Index| -> Result<Vec<Option<SlotRef>>> {
+            let pos = self.snap_pos(ix, name)?;
+            Ok((b0..b1).map(|b| ix.resolve(pos, b as u32)).collect())
+        };
+        let first = resolve(&read_lock(&self.index))?;
+        let mut img = AlignedBuf::zeroed(n * bs as usize);
+        self.read_origin_where(b0, &first, |r| r.is_none(), &mut img)?;
+        // A writer may have preserved and overwritten a block between our lookup and our
+        // origin read. It records the preserve before touching the origin, so a second lookup
+        // sees every block whose origin bytes we may have read too late.
+        let second = resolve(&read_lock(&self.index))?;
+        for i in 0..n {
+            if let Some(r) = second[i] {
+                self.read_slot(r, &mut img[i * bs as usize..(i + 1) * bs as usize], b0 + i as u64)?;
+            }
+        }
+        let start = (off - b0 * bs) as usize;
+        buf.copy_from_slice(&img[start..start + buf.len()]);
+        Ok(())
+    }
+
+    /// Reads into `img` (block `b0` first) every block for which `pick` holds, in coalesced runs.
+    fn read_origin_where<T>(&self, b0: u64, items: &[T], pick: impl Fn(&T) -> bool, img: &mut [u8]) -> Result<u64> {
+        let bs = self.bs as usize;
+        let mut i = 0;
+        let mut count = 0;
+        while i < items.len() {
+            if !pick(&items[i]) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < items.len() && pick(&items[j]) {
+                j += 1;
+            }
+            self.origin
+                .read_at(&mut img[i * bs..j * bs], (b0 + i as u64) * bs as u64)
+                .map_err(|e| self.origin_err("read", e))?;
+            count += (j - i) as u64;
+            i = j;
+        }
+        Ok(count)
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    /// Writes `buf` at byte offset `off` (any alignment).
+    pub fn write(&self, off: u64, buf: &[u8]) -> Result<()> {
+        self.write_src(off, Src::Data(buf))
+    }
+
+    /// Makes `len` bytes at `off` read as zero, preserving originals like a write.
+    pub fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
+        self.write_src(off, Src::Zeroes(len))
+    }
+
+    /// Discards `len` bytes at `off`: they read back as zero, and snapshots keep their copies.
+    pub fn discard(&self, off: u64, len: u64) -> Result<()> {
+        self.write_src(off, Src::Zeroes(len))
+    }
+
+    fn write_src(&self, off: u64, src: Src<'_>) -> Result<()> {
+        let len = src.len();
+        self.check_range(off, len)?;
+        self.check_writable()?;
+        add(&self.counters.writes, 1);
+        add(&self.counters.write_bytes, len);
+        if len == 0 {
+            return Ok(());
+        }
+        let _gate = read_lock(&self.gate);
+        let bs = self.bs as u64;
+        let mut done = 0u64;
+        while done < len {
+            let cur = off + done;
+            let step_end = ((cur / bs + MAX_RUN) * bs).min(off + len);
+            let step = step_end - cur;
+            let part = match src {
+                Src::Data(d) => Src::Data(&d[done as usize..(done + step) as usize]),
+                Src::Zeroes(_) => Src::Zeroes(step),
+            };
+            self.write_run(cur, part)?;
+            done += step;
+        }
+        Ok(())
+    }
+
+    fn new_run(&self, b0: u64, n: usize) -> Run {
+        let ix = read_lock(&self.index);
+        let newest = ix.newest().map(|s| s.id);
+        let need = match ix.newest() {
+            Some(s) => (b0..b0 + n as u64)
+                .map(|b| !s.delta.contains(b as u32))
+                .collect(),
+            None => vec![false; n],
+        };
+        Run {
+            b0,
+            n,
+            newest,
+            need,
+            old: AlignedBuf::zeroed(n * self.bs as usize),
+            have_old: vec![false; n],
+        }
+    }
+
+    fn read_old(&self, run: &mut Run, want: &[bool]) -> Result<()> {
+        let pick: Vec<bool> = (0..run.n).map(|i| want[i] && !run.have_old[i]).collect();
+        let got = self.read_origin_where(run.b0, &pick, |&p| p, &mut run.old)?;
+        add(&self.counters.compare_reads, got);
+        for i in 0..run.n {
+            run.have_old[i] |= pick[i];
+        }
+        Ok(())
+    }
+
+    /// One step of a write: at most MAX_RUN blocks, locked for the whole step.
+    fn write_run(&self, off: u64, src: Src<'_>) -> Result<()> {
+        let bs = self.bs as usize;
+        let len = src.len() as usize;
+        let b0 = off / bs as u64;
+        let head = (off % bs as u64) as usize;
+        let n = (head + len).div_ceil(bs);
+        let _locks = self.locks.lock(b0, n as u64);
+        let mut run = self.new_run(b0, n);
+        let first_partial = head != 0 || (n == 1 && len < bs);
+        let last_partial = (head + len) % bs != 0;
+        let mut want = run.need.clone();
+        want[0] |= first_partial;
+        want[n - 1] |= last_partial;
+        self.read_old(&mut run, &want)?;
+        let aligned = !first_partial && !last_partial;
+        let built;
+        let data: &[u8] = match src {
+            Src::Data(d) if aligned => d,
+            _ => {
+                let mut b = AlignedBuf::zeroed(n * bs);
+                if first_partial {
+                    b[..bs].copy_from_slice(&run.old[..bs]);
+                }
+                if last_partial {
+                    b[(n - 1) * bs..].copy_from_slice(&run.old[(n - 1) * bs..]);
+                }
+                if let Src::Data(d) = src {
+                    b[head..head + len].copy_from_slice(d);
+                } else {
+                    b[head..head + len].fill(0);
+                }
+                built = b;
+                &built
+            }
+        };
+        let zero = matches!(src, Src::Zeroes(_)) && !first_partial && !last_partial;
+        self.write_locked(&mut run, data, zero)
+    }
+
+    /// The write path proper, for whole blocks whose locks the caller holds: skip blocks that
+    /// already hold these bytes, preserve the originals the newest snapshot still needs (durably,
+    /// in one commit), then write the rest.
+    fn write_locked(&self, run: &mut Run, data: &[u8], zero: bool) -> Result<()> {
+        let bs = self.bs as usize;
+        let n = run.n;
+        let crcs: Vec<u32> = if zero {
+            vec![self.zero_crc; n]
+        } else {
+            data.chunks(bs).map(crc32fast::hash).collect()
+        };
+        // Blocks the newest snapshot still needs must be read (to preserve them, or to find
+        // they already hold the new bytes). Otherwise a block whose remembered checksum equals
+        // the new data's is probably unchanged: read it to be sure. A different checksum
+        // proves it changed, with no read.
+        let want: Vec<bool> = (0..n)
+            .map(|i| {
+                run.need[i]
+                    || (!run.have_old[i]
+                        && self.csum.get((run.b0 + i as u64) as u32) == Some(crcs[i]))
+            })
+            .collect();
+        self.read_old(run, &want)?;
+        let mut write = vec![false; n];
+        let mut preserve: Vec<usize> = Vec::new();
+        for i in 0..n {
+            let blk = i * bs..(i + 1) * bs;
+            if run.have_old[i] && run.old[blk.clone()] == data[blk] {
+                continue;
+            }
+            write[i] = true;
+            if run.need[i] {
+                preserve.push(i);
+            }
+        }
+        let skipped = n - write.iter().filter(|&&w| w).count();
+        add(&self.counters.blocks_skipped, skipped as u64);
+        if let (false, Some(snap)) = (preserve.is_empty(), run.newest) {
+            let mut copy = AlignedBuf::zeroed(preserve.len() * bs);
+            for (k, &i) in preserve.iter().enumerate() {
+                copy[k * bs..(k + 1) * bs].copy_from_slice(&run.old[i * bs..(i + 1) * bs]);
+            }
+            let req = Request {
+                meta: Vec::new(),
+                snap,
+                blocks: preserve.iter().map(|&i| (run.b0 + i as u64) as u32).collect(),
+                data: copy,
+            };
+            self.commit(req)?;
+            add(&self.counters.preserves, preserve.len() as u64);
+        }
+        // The preserves are durable: the origin may now change.
+        let mut i = 0;
+        while i < n {
+            if !write[i] {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < n && write[j] {
+                j += 1;
+            }
+            let off = (run.b0 + i as u64) * bs as u64;
+            let res = if zero {
+                self.origin.zero_range(off, ((j - i) * bs) as u64)
+            } else {
+                self.origin.write_at(&data[i * bs..j * bs], off)
+            };
+            if let Err(e) = res {
+                for k in i..j {
+                    self.csum.forget((run.b0 + k as u64) as u32);
+                }
+                return Err(self.origin_err("write", e));
+            }
+            add(&self.counters.blocks_written, (j - i) as u64);
+            i = j;
+        }
+        for i in 0..n {
+            self.csum.put((run.b0 + i as u64) as u32, crcs[i]);
+        }
+        Ok(())
+    }
+
+    /// Makes every acknowledged write durable.
+    pub fn flush(&self) -> Result<()> {
+        add(&self.counters.flushes, 1);
+        self.origin.sync().map_err(|e| self.origin_err("sync", e))?;
+        // Store writes are synced when committed; nothing else is pending there.
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- commit groups
+
+    fn commit(&self, req: Request) -> Result<()> {
+        self.check_writable()?;
+        self.committer.commit(req, |batch| self.run_group(batch))
+    }
+
+    fn store_full_error(&self, ix: &Index) -> Error {
+        let bs = self.bs as u64;
+        Error::StoreFull {
+            store: self.store_name.clone(),
+            used_bytes: ix.alloc.used() * bs,
+            capacity_bytes: ix.alloc.limit().unwrap_or(ix.alloc.high_water()) * bs,
+        }
+    }
+
+    /// Commits one group (run by the leader only; see commit.rs).
+    fn run_group(&self, batch: Vec<(u64, Request)>) -> Vec<(u64, Result<()>)> {
+        let mut results = Vec::with_capacity(batch.len());
+        if let Err(e) = self.check_writable() {
+            let msg = e.to_string();
+            return batch
+                .into_iter()
+                .map(|(t, _)| {
+                    (t, Err(Error::Failed { store: self.store_name.clone(), reason: msg.clone() }))
+                })
+                .collect();
+        }
+        let bs = self.bs as usize;
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // 1. Room for the preserved blocks, per request: one request failing for lack of room
+        //    does not fail its neighbours.
+        let mut accepted: Vec<(u64, Request, Vec<u64>)> = Vec::new();
+        {
+            let mut ix = write_lock(&self.index);
+            for (t, req) in batch {
+                if req.blocks.is_empty() {
+                    accepted.push((t, req, Vec::new()));
+                    continue;
+                }
+                match ix.alloc.alloc_data(req.blocks.len() as u64) {
+                    Some(slots) => accepted.push((t, req, slots)),
+                    None => {
+                        self.store_full.store(true, Ordering::Release);
+                        add(&self.counters.store_full, 1);
+                        results.push((t, Err(self.store_full_error(&ix))));
+                    }
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return results;
+        }
+        // 2. Journal entries: preserves first, then events, in request order.
+        let mut entries = Vec::new();
+        let mut data: Vec<(u64, &[u8])> = Vec::new();
+        for (_, req, slots) in &accepted {
+            for (k, (&block, &slot)) in req.blocks.iter().zip(slots).enumerate() {
+                let bytes = &req.data[k * bs..(k + 1) * bs];
+                entries.push(Entry::Preserve {
+                    snap: req.snap,
+                    block,
+                    slot,
+                    crc: crc32fast::hash(bytes),
+                });
+                data.push((slot, bytes));
+            }
+            entries.extend(req.meta.iter().cloned());
+        }
+        // 3. Pack into journal blocks; each names the slot of the next, allocated now.
+        let cap = JournalBlock::capacity(self.bs);
+        let mut groups: Vec<Vec<Entry>> = vec![Vec::new()];
+        let mut used = 8; // bincode's length prefix
+        for e in entries {
+            let l = JournalBlock::entry_len(&e);
+            if used + l > cap && !groups.last().is_none_or(|g| g.is_empty()) {
+                groups.push(Vec::new());
+                used = 8;
+            }
+            used += l;
+            if let Some(g) = groups.last_mut() {
+                g.push(e);
+            }
+        }
+        let k = groups.len();
+        let next_slots = {
+            let mut ix = write_lock(&self.index);
+            match ix.alloc.alloc_meta(k as u64) {
+                Some(s) => s,
+                None => {
+                    for (_, _, slots) in &accepted {
+                        for &s in slots {
+                            ix.alloc.free(s);
+                        }
+                    }
+                    self.store_full.store(true, Ordering::Release);
+                    for (t, _, _) in accepted {
+                        results.push((t, Err(self.store_full_error(&ix))));
+                    }
+                    return results;
+                }
+            }
+        };
+        let mut blocks = Vec::with_capacity(k);
+        let mut slot = w.pos.slot;
+        for (i, g) in groups.into_iter().enumerate() {
+            blocks.push((
+                slot,
+                JournalBlock {
+                    flags: if i + 1 == k { crate::format::FLAG_GROUP_END } else { 0 },
+                    epoch: w.store.superblock().epoch,
+                    seq: w.pos.seq + i as u64,
+                    next_slot: next_slots[i],
+                    entries: g,
+                },
+            ));
+            slot = next_slots[i];
+        }
+        // 4. One write per contiguous stretch, one sync.
+        if let Err(e) = w.store.write_group(&blocks, &data) {
+            // The slots stay allocated (leaked until reopen): the group may be partly on disk,
+            // and reusing its slots in this epoch could let replay mistake it for a successor.
+            // After a failed sync the kernel may have dropped pages: stop taking writes.
+            self.fail(e.to_string());
+            let msg = e.to_string();
+            for (t, _, _) in accepted {
+                results.push((t, Err(Error::Failed { store: self.store_name.clone(), reason: msg.clone() })));
+            }
+            return results;
+        }
+        // 5. Durable: apply to the index, then release the callers.
+        {
+            let mut ix = write_lock(&self.index);
+            for (_, jb) in &blocks {
+                for e in &jb.entries {
+                    if let Err(err) = ix.apply(e) {
+                        drop(ix);
+                        self.fail(format!("applying a committed journal entry failed: {}", err.0));
+                        return accepted
+                            .into_iter()
+                            .map(|(t, _, _)| {
+                                (t, Err(Error::Failed { store: self.store_name.clone(), reason: err.0.clone() }))
+                            })
+                            .collect();
+                    }
+                }
+            }
+            ix.journal_slots.extend(blocks.iter().map(|(s, _)| *s));
+            if accepted.iter().any(|(_, r, _)| !r.blocks.is_empty()) {
+                self.store_full.store(false, Ordering::Release);
+            }
+        }
+        w.pos = JournalPos {
+            seq: w.pos.seq + k as u64,
+            slot: next_slots[k - 1],
+        };
+        w.since_checkpoint += k as u64;
+        add(&self.counters.groups, 1);
+        add(&self.counters.group_requests, accepted.len() as u64);
+        self.counters
+            .max_group
+            .fetch_max(accepted.len() as u64, Ordering::Relaxed);
+        for (t, _, _) in accepted {
+            results.push((t, Ok(())));
+        }
+        if w.since_checkpoint >= self.checkpoint_every {
+            if let Err(e) = self.checkpoint_locked(&mut w) {
+                tracing::warn!(store = %self.store_name, error = %e, "checkpoint failed; the journal keeps growing");
+            }
+        }
+        results
+    }
+
+    fn checkpoint_locked(&self, w: &mut Writer) -> Result<bool> {
+        let pos = w.pos;
+        let mut ix = write_lock(&self.index);
+        let r = w.store.write_checkpoint(&mut ix, pos);
+        match r {
+            Ok(true) => {
+                w.since_checkpoint = 0;
+                add(&self.counters.checkpoints, 1);
+            }
+            Ok(false) => {}
+            Err(ref e) => {
+                if let Error::Io { .. } = e {
+                    self.fail(e.to_string());
+                }
+            }
+        }
+        r
+    }
+
+    /// Writes a checkpoint now (normally periodic and at close). Returns false when the store
+    /// had no room for it.
+    pub fn checkpoint(&self) -> Result<bool> {
+        self.check_writable()?;
+        // Become the only committer for the duration: a checkpoint captures a quiet index.
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.checkpoint_locked(&mut w)
+    }
+
+    // ---------------------------------------------------------------- snapshots
+
+    /// Takes a snapshot named `name` of everything written so far. O(1): it starts a new, empty
+    /// delta (after flushing the origin, so the snapshot holds every acknowledged write).
+    pub fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo> {
+        validate_name(name)?;
+        let _gate = write_lock(&self.gate);
+        self.create_locked(name, false)
+    }
+
+    /// Takes a snapshot hidden from [`Engine::snapshots`] (ship points).
+    pub fn create_internal_snapshot(&self, name: &str) -> Result<SnapshotInfo> {
+        validate_name(name)?;
+        let _gate = write_lock(&self.gate);
+        self.create_locked(name, true)
+    }
+
+    fn create_locked(&self, name: &str, internal: bool) -> Result<SnapshotInfo> {
+        self.check_writable()?;
+        self.flush()?;
+        let id = {
+            let ix = read_lock(&self.index);
+            if ix.pos_by_name(name).is_some() {
+                return Err(Error::SnapshotExists(name.to_string()));
+            }
+            ix.next_id
+        };
+        let created_unix = now_unix();
+        self.commit(Request::meta(vec![Entry::SnapshotCreated {
+            id,
+            name: name.to_string(),
+            created_unix,
+            internal,
+        }]))?;
+        Ok(SnapshotInfo {
+            id,
+            name: name.to_string(),
+            created_unix,
+            preserved_blocks: 0,
+            preserved_bytes: 0,
+            internal,
+        })
+    }
+
+    /// Deletes snapshot `name`. Its delta merges into the previous snapshot's (no data moves);
+    /// blocks no other snapshot needs are freed for reuse.
+    pub fn delete_snapshot(&self, name: &str) -> Result<()> {
+        let _gate = write_lock(&self.gate);
+        self.check_writable()?;
+        let id = {
+            let ix = read_lock(&self.index);
+            ix.snaps[self.snap_pos(&ix, name)?].id
+        };
+        self.commit(Request::meta(vec![Entry::SnapshotDeleted { id }]))?;
+        // Freed space may end a store-full condition.
+        self.store_full.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn infos(&self, internal: Option<bool>) -> Vec<SnapshotInfo> {
+        let ix = read_lock(&self.index);
+        ix.snaps
+            .iter()
+            .filter(|s| internal.is_none_or(|i| s.internal == i))
+            .map(|s| SnapshotInfo {
+                id: s.id,
+                name: s.name.clone(),
+                created_unix: s.created_unix,
+                preserved_blocks: s.delta.len(),
+                preserved_bytes: s.delta.len() * self.bs as u64,
+                internal: s.internal,
+            })
+            .collect()
+    }
+
+    /// User snapshots, oldest first.
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.infos(Some(false))
+    }
+
+    /// Every snapshot including internal ones, oldest first.
+    pub fn all_snapshots(&self) -> Vec<SnapshotInfo> {
+        self.infos(None)
+    }
+
+    /// Blocks that may differ between snapshot `from` and snapshot `to` (None: the live image).
+    /// Answered from the deltas alone; the disk is not scanned.
+    pub fn changed_blocks(&self, from: &str, to: Option<&str>) -> Result<RoaringBitmap> {
+        let ix = read_lock(&self.index);
+        let a = self.snap_pos(&ix, from)?;
+        let b = match to {
+            Some(t) => self.snap_pos(&ix, t)?,
+            None => ix.snaps.len(),
+        };
+        Ok(ix.union(a.min(b), a.max(b)))
+    }
+
+    /// [`Engine::changed_blocks`] as runs of consecutive blocks.
+    pub fn diff(&self, from: &str, to: Option<&str>) -> Result<Vec<BlockRange>> {
+        let set = self.changed_blocks(from, to)?;
+        let mut out: Vec<BlockRange> = Vec::new();
+        for b in set.iter() {
+            let b = b as u64;
+            match out.last_mut() {
+                Some(r) if r.start + r.len == b => r.len += 1,
+                _ => out.push(BlockRange { start: b, len: 1 }),
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- restore, export
+
+    /// Rolls the live image back (or forward) to snapshot `name`, as a stream of ordinary
+    /// writes through the copy-on-write path: newer snapshots survive, identical blocks cost
+    /// nothing, and an interrupted restore is simply run again. An automatic
+    /// `pre-restore-<time>` snapshot is taken first, so a restore can itself be undone.
+    pub fn restore(&self, name: &str, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<RestoreReport> {
+        self.check_writable()?;
+        let (target, pre_name, resumed) = {
+            let _gate = write_lock(&self.gate);
+            let (target, resume) = {
+                let ix = read_lock(&self.index);
+                let t = ix.snaps[self.snap_pos(&ix, name)?].id;
+                let resume = match ix.restore {
+                    Some((rt, pre)) if rt == t => ix.pos(pre).map(|p| ix.snaps[p].name.clone()),
+                    _ => None,
+                };
+                (t, resume)
+            };
+            match resume {
+                Some(pre) => (target, pre, true),
+                None => {
+                    let base = format!("pre-restore-{}", now_unix());
+                    let mut pre = base.clone();
+                    let mut k = 2;
+                    while read_lock(&self.index).pos_by_name(&pre).is_some() {
+                        pre = format!("{base}-{k}");
+                        k += 1;
+                    }
+                    let info = self.create_locked(&pre, false)?;
+                    self.commit(Request::meta(vec![Entry::RestoreStarted {
+                        target,
+                        pre: info.id,
+                    }]))?;
+                    (target, pre, false)
+                }
+            }
+        };
+        let blocks = {
+            let ix = read_lock(&self.index);
+            let pos = ix
+                .pos(target)
+                .ok_or_else(|| Error::NoSuchSnapshot(name.to_string()))?;
+            ix.union(pos, ix.snaps.len())
+        };
+        let total = blocks.len();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for b in blocks.iter() {
+            let b = b as u64;
+            match runs.last_mut() {
+                Some((s, l)) if *s + *l == b && *l < MAX_RUN => *l += 1,
+                _ => runs.push((b, 1)),
+            }
+        }
+        let next = AtomicUsize::new(0);
+        let done = AtomicU64::new(0);
+        let written = AtomicU64::new(0);
+        let first_err: Mutex<Option<Error>> = Mutex::new(None);
+        let workers = 8.min(runs.len().max(1));
+        progress(0, total);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    if first_err.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(b0, n)) = runs.get(i) else { return };
+                    match self.restore_run(target, b0, n) {
+                        Ok(w) => {
+                            written.fetch_add(w, Ordering::Relaxed);
+                            let d = done.fetch_add(n, Ordering::Relaxed) + n;
+                            progress(d, total);
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = first_err.lock() {
+                                f.get_or_insert(e);
+                            }
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_err.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        self.flush()?;
+        self.commit(Request::meta(vec![Entry::RestoreFinished]))?;
+        let written = written.into_inner();
+        Ok(RestoreReport {
+            snapshot: name.to_string(),
+            pre_restore: pre_name,
+            resumed,
+            blocks: total,
+            written,
+            skipped: total - written,
+        })
+    }
+
+    /// Writes snapshot `target`'s content back to blocks `b0..b0+n`; returns blocks written.
+    fn restore_run(&self, target: u64, b0: u64, n: u64) -> Result<u64> {
+        let _gate = read_lock(&self.gate);
+        self.check_writable()?;
+        let bs = self.bs as usize;
+        let _locks = self.locks.lock(b0, n);
+        let refs: Vec<Option<SlotRef>> = {
+            let ix = read_lock(&self.index);
+            let Some(pos) = ix.pos(target) else {
+                return Err(Error::Invalid(
+                    "the snapshot being restored was deleted during the restore".into(),
+                ));
+            };
+            (b0..b0 + n).map(|b| ix.resolve(pos, b as u32)).collect()
+        };
+        let mut run = self.new_run(b0, n as usize);
+        let mut data = AlignedBuf::zeroed(n as usize * bs);
+        // Blocks with no preserved copy already hold the snapshot's bytes in the origin.
+        let origin_blocks = self.read_origin_where(b0, &refs, |r| r.is_none(), &mut data)?;
+        let _ = origin_blocks;
+        for (i, r) in refs.iter().enumerate() {
+            if let Some(r) = r {
+                self.read_slot(*r, &mut data[i * bs..(i + 1) * bs], b0 + i as u64)?;
+            }
+        }
+        let before = self.counters.blocks_written.load(Ordering::Relaxed);
+        // Refs of None read the origin into `data`; mark them as known-equal so they are skipped.
+        for (i, r) in refs.iter().enumerate() {
+            if r.is_none() {
+                run.old[i * bs..(i + 1) * bs].copy_from_slice(&data[i * bs..(i + 1) * bs]);
+                run.have_old[i] = true;
+            }
+        }
+        self.write_locked(&mut run, &data, false)?;
+        Ok(self
+            .counters
+            .blocks_written
+            .load(Ordering::Relaxed)
+            .saturating_sub(before)
+            .min(n))
+    }
+
+    /// Writes snapshot `name` as a plain image file at `to` (sparse where the image is zero).
+    /// The file appears only when complete.
+    pub fn export(&self, name: &str, to: &Path, progress: &dyn Fn(u64, u64)) -> Result<()> {
+        {
+            let ix = read_lock(&self.index);
+            self.snap_pos(&ix, name)?;
+        }
+        if to.exists() {
+            return Err(Error::Invalid(format!(
+                "{} already exists: remove it or export to another path",
+                to.display()
+            )));
+        }
+        let tmp = to.with_extension("partial");
+        let res = (|| -> Result<()> {
+            let f = std::fs::File::create(&tmp)
+                .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+            use std::os::unix::fs::FileExt;
+            let chunk = 1usize << 20;
+            let mut buf = vec![0u8; chunk];
+            let mut off = 0u64;
+            while off < self.size {
+                let n = (self.size - off).min(chunk as u64) as usize;
+                self.read_snapshot(name, off, &mut buf[..n])?;
+                if buf[..n].iter().any(|&b| b != 0) {
+                    f.write_all_at(&buf[..n], off)
+                        .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
+                }
+                off += n as u64;
+                progress(off, self.size);
+            }
+            f.set_len(self.size)
+                .map_err(|e| Error::io(format!("size {}", tmp.display()), e))?;
+            f.sync_all()
+                .map_err(|e| Error::io(format!("sync {}", tmp.display()), e))?;
+            std::fs::rename(&tmp, to)
+                .map_err(|e| Error::io(format!("rename to {}", to.display()), e))
+        })();
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    // ---------------------------------------------------------------- status, check, close
+
+    /// Counters since open.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            writes: l(&c.writes),
+            write_bytes: l(&c.write_bytes),
+            blocks_written: l(&c.blocks_written),
+            blocks_skipped_identical: l(&c.blocks_skipped),
+            compare_reads: l(&c.compare_reads),
+            preserves: l(&c.preserves),
+            commit_groups: l(&c.groups),
+            commit_requests: l(&c.group_requests),
+            max_group_requests: l(&c.max_group),
+            flushes: l(&c.flushes),
+            checkpoints: l(&c.checkpoints),
+            store_full_errors: l(&c.store_full),
+        }
+    }
+
+    /// Everything `snapblk status` shows.
+    pub fn status(&self) -> Status {
+        let bs = self.bs as u64;
+        let (used, cap, restore) = {
+            let ix = read_lock(&self.index);
+            let name = |id: u64| ix.pos(id).map(|p| ix.snaps[p].name.clone()).unwrap_or_default();
+            (
+                ix.alloc.used() * bs,
+                ix.alloc.limit().map(|l| l * bs),
+                ix.restore.map(|(t, p)| RestoreState {
+                    target: name(t),
+                    pre_restore: name(p),
+                }),
+            )
+        };
+        Status {
+            origin: self.origin_name.clone(),
+            store: self.store_name.clone(),
+            size_bytes: self.size,
+            block_size: self.bs,
+            store_used_bytes: used,
+            store_capacity_bytes: cap,
+            store_full: self.store_full.load(Ordering::Acquire),
+            failed: self.failed.lock().ok().and_then(|f| f.clone()),
+            snapshots: self.infos(Some(false)),
+            internal_snapshots: self.infos(Some(true)),
+            restore_in_progress: restore,
+            stats: self.stats(),
+            recovery: self.recovery.clone(),
+        }
+    }
+
+    /// Offline-grade consistency check: every preserved block is readable and matches its
+    /// checksum, no slot is used twice, and the allocator agrees with the index.
+    pub fn check(&self) -> Result<CheckReport> {
+        let _gate = write_lock(&self.gate);
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let ix = read_lock(&self.index);
+        let mut rep = CheckReport {
+            snapshots: ix.snaps.len() as u64,
+            ..CheckReport::default()
+        };
+        let mut owner: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+        let mut claim = |slot: u64, what: String, rep: &mut CheckReport| {
+            if slot < SUPER_SLOTS || slot >= ix.alloc.high_water() {
+                rep.problems.push(format!("{what} uses slot {slot}, outside the store's slots"));
+            } else if ix.alloc.is_free(slot) {
+                rep.problems.push(format!("{what} uses slot {slot}, which the allocator has free"));
+            }
+            if let Some(prev) = owner.insert(slot, what.clone()) {
+                rep.problems.push(format!("slot {slot} is used by both {prev} and {what}"));
+            }
+        };
+        for s in ix.journal_slots.iter() {
+            claim(*s, format!("journal block at slot {s}"), &mut rep);
+        }
+        for s in ix.checkpoint_slots.clone() {
+            claim(s, "the checkpoint".to_string(), &mut rep);
+        }
+        claim(w.pos.slot, "the next journal block".to_string(), &mut rep);
+        let mut buf = AlignedBuf::zeroed(self.bs as usize);
+        for snap in &ix.snaps {
+            for (b, r) in snap.delta.entries() {
+                claim(r.slot, format!("block {b} of snapshot {:?}", snap.name), &mut rep);
+                if u64::from(b) >= self.nblocks {
+                    rep.problems
+                        .push(format!("snapshot {:?} holds block {b}, past the device's end", snap.name));
+                }
+                match self.read_slot(r, &mut buf, b as u64) {
+                    Ok(()) => rep.preserved_blocks += 1,
+                    Err(e) => rep.problems.push(e.to_string()),
+                }
+            }
+        }
+        let referenced = owner.len() as u64;
+        rep.unreferenced_slots = ix.alloc.used().saturating_sub(SUPER_SLOTS + referenced);
+        if let Some((t, p)) = ix.restore {
+            if ix.pos(t).is_none() || ix.pos(p).is_none() {
+                rep.problems
+                    .push("an unfinished restore names a snapshot that does not exist".into());
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Flushes, writes a checkpoint and closes. Dropping without closing is safe too: the
+    /// journal is replayed on the next open.
+    pub fn close(self) -> Result<()> {
+        if self.read_only || self.has_failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.flush()?;
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.checkpoint_locked(&mut w)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,505 @@
+//! The I/O layer under the engine: one small trait for "a thing with bytes at offsets that can
+//! be made durable". Files and block devices implement it here; tests wrap it to count I/O or to
+//! inject faults and power cuts, which is why the engine never touches a `File` directly.
+
+use std::alloc::{self, Layout};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+/// Alignment that satisfies O_DIRECT on every device this runs on.
+pub const IO_ALIGN: usize = 4096;
+
+/// What identifies an origin across restarts: its path and, for files, its inode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// Canonical path when opened.
+    pub path: String,
+    /// st_dev of the file (0 when unknown).
+    pub dev: u64,
+    /// st_ino of the file (0 when unknown).
+    pub ino: u64,
+}
+
+impl Identity {
+    /// Whether `other` is plausibly the same origin: the same path or the same inode. A file
+    /// that was moved keeps its inode; one that was copied keeps its path if copied back.
+    pub fn matches(&self, other: &Identity) -> bool {
+        (!self.path.is_empty() && self.path == other.path)
+            || (self.ino != 0 && self.dev == other.dev && self.ino == other.ino)
+    }
+}
+
+/// A byte-addressed device: the origin or the store.
+///
+/// Writes may sit in a volatile cache until [`BlockDev::sync`] returns; the engine's ordering
+/// rules are written against exactly that model.
+pub trait BlockDev: Send + Sync {
+    /// Reads exactly `buf.len()` bytes at `off`. Bytes past the end read as zero.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `off`, growing the device if it can grow.
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    /// Makes every completed write durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Whether writes past the current end are possible (files) or not (block devices).
+    fn can_grow(&self) -> bool;
+    /// Makes `len` bytes at `off` read as zero; may deallocate them.
+    fn zero_range(&self, off: u64, len: u64) -> io::Result<()> {
+        let chunk = vec![0u8; (len.min(1 << 20)) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64) as usize;
+            self.write_at(&chunk[..n], off + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+    /// Who this is, for matching a store to its origin.
+    fn identity(&self) -> Option<Identity> {
+        None
+    }
+    /// A name for error messages.
+    fn name(&self) -> String;
+}
+
+/// A heap buffer aligned for O_DIRECT, zero-filled on creation.
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out &[u8].
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes aligned to [`IO_ALIGN`].
+    pub fn zeroed(len: usize) -> Self {
+        if len == 0 {
+            return AlignedBuf {
+                ptr: std::ptr::NonNull::dangling(),
+                len: 0,
+            };
+        }
+        let layout = Self::layout(len);
+        // SAFETY: layout has non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
+        AlignedBuf { ptr, len }
+    }
+
+    /// A copy of `data` in an aligned buffer.
+    pub fn from_slice(data: &[u8]) -> Self {
+        let mut b = Self::zeroed(data.len());
+        b.copy_from_slice(data);
+        b
+    }
+
+    fn layout(len: usize) -> Layout {
+        match Layout::from_size_align(len, IO_ALIGN) {
+            Ok(l) => l,
+            // Only reachable for lengths near isize::MAX, which no I/O path creates.
+            Err(_) => panic!("AlignedBuf of {len} bytes cannot be laid out"),
+        }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: allocated in `zeroed` with this exact layout.
+            unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        }
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes (or dangling with len 0) for our lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self guarantees exclusivity.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+fn is_aligned(buf: &[u8], off: u64) -> bool {
+    (buf.as_ptr() as usize) % IO_ALIGN == 0 && buf.len() % 512 == 0 && off % 512 == 0
+}
+
+/// A regular file or a block device.
+pub struct FileDev {
+    file: File,
+    path: PathBuf,
+    direct: bool,
+    block_device: bool,
+}
+
+impl FileDev {
+    /// Opens an existing file or block device for reading and writing.
+    pub fn open(path: &Path, direct: bool, read_only: bool) -> io::Result<FileDev> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(!read_only);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        let file = o.open(path)?;
+        let block_device = file.metadata()?.file_type().is_block_device();
+        Ok(FileDev {
+            file,
+            path: path.to_path_buf(),
+            direct,
+            block_device,
+        })
+    }
+
+    /// Creates a new regular file (failing if it exists).
+    pub fn create(path: &Path, direct: bool) -> io::Result<FileDev> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true).create_new(true);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        let file = o.open(path)?;
+        Ok(FileDev {
+            file,
+            path: path.to_path_buf(),
+            direct,
+            block_device: false,
+        })
+    }
+
+    /// Sets a regular file's length (sparse when growing).
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.block_device {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{} is a block device and cannot be resized", self.path.display()),
+            ));
+        }
+        self.file.set_len(len)
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn read_raw(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        // Short reads only happen at end of file; bytes past the end read as zero.
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], off + done as u64) {
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    return Ok(());
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BlockDev for FileDev {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        if self.direct && !is_aligned(buf, off) {
+            let mut bounce = AlignedBuf::zeroed(buf.len().next_multiple_of(512));
+            self.read_raw(&mut bounce, off)?;
+            buf.copy_from_slice(&bounce[..buf.len()]);
+            return Ok(());
+        }
+        self.read_raw(buf, off)
+    }
+
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        if self.direct && !is_aligned(buf, off) {
+            let bounce = AlignedBuf::from_slice(buf);
+            return self.file.write_all_at(&bounce, off);
+        }
+        self.file.write_all_at(buf, off)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        if self.block_device {
+            let mut size: u64 = 0;
+            // BLKGETSIZE64
+            const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+            use std::os::fd::AsRawFd;
+            // SAFETY: BLKGETSIZE64 writes one u64 to the pointer we pass.
+            let r = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKGETSIZE64, &mut size) };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            return Ok(size);
+        }
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn can_grow(&self) -> bool {
+        !self.block_device
+    }
+
+    fn zero_range(&self, off: u64, len: u64) -> io::Result<()> {
+        if !self.block_device {
+            use std::os::fd::AsRawFd;
+            // SAFETY: plain syscall on an fd we own.
+            let r = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
+            if r == 0 {
+                return Ok(());
+            }
+        }
+        // No hole punching here (block device or unsupported filesystem): write the zeroes.
+        let chunk = AlignedBuf::zeroed((len.min(1 << 20)) as usize);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64) as usize;
+            self.write_at(&chunk[..n], off + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn identity(&self) -> Option<Identity> {
+        let meta = self.file.metadata().ok()?;
+        let path = std::fs::canonicalize(&self.path)
+            .unwrap_or_else(|_| self.path.clone())
+            .display()
+            .to_string();
+        Some(Identity {
+            path,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// An in-memory device, for tests and benchmarks of the engine alone.
+pub struct MemDev {
+    data: RwLock<Vec<u8>>,
+    name: String,
+    identity: Option<Identity>,
+    grow: bool,
+}
+
+impl MemDev {
+    /// A zeroed device of `len` bytes that grows on writes past its end when `grow`.
+    pub fn new(name: &str, len: u64, grow: bool) -> MemDev {
+        MemDev {
+            data: RwLock::new(vec![0; len as usize]),
+            name: name.to_string(),
+            identity: None,
+            grow,
+        }
+    }
+
+    /// The same device reporting `identity` (to test store/origin matching).
+    pub fn with_identity(mut self, identity: Identity) -> MemDev {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// A copy of the current contents.
+    pub fn contents(&self) -> Vec<u8> {
+        self.data.read().map(|d| d.clone()).unwrap_or_default()
+    }
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("memory device lock poisoned")
+}
+
+impl BlockDev for MemDev {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let d = self.data.read().map_err(|_| poisoned())?;
+        let off = off as usize;
+        buf.fill(0);
+        if off < d.len() {
+            let n = buf.len().min(d.len() - off);
+            buf[..n].copy_from_slice(&d[off..off + n]);
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        let mut d = self.data.write().map_err(|_| poisoned())?;
+        let end = off as usize + buf.len();
+        if end > d.len() {
+            if !self.grow {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            d.resize(end, 0);
+        }
+        d[off as usize..end].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.data.read().map_err(|_| poisoned())?.len() as u64)
+    }
+
+    fn can_grow(&self) -> bool {
+        self.grow
+    }
+
+    fn identity(&self) -> Option<Identity> {
+        self.identity.clone()
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// Wraps a device and counts the calls made to it (tests and benchmarks assert on these).
+pub struct CountingDev {
+    inner: std::sync::Arc<dyn BlockDev>,
+    /// Completed `read_at` calls.
+    pub reads: std::sync::atomic::AtomicU64,
+    /// Completed `write_at` and `zero_range` calls.
+    pub writes: std::sync::atomic::AtomicU64,
+    /// Bytes written.
+    pub write_bytes: std::sync::atomic::AtomicU64,
+    /// Completed `sync` calls.
+    pub syncs: std::sync::atomic::AtomicU64,
+}
+
+impl CountingDev {
+    /// Counts calls to `inner`.
+    pub fn new(inner: std::sync::Arc<dyn BlockDev>) -> Self {
+        CountingDev {
+            inner,
+            reads: 0.into(),
+            writes: 0.into(),
+            write_bytes: 0.into(),
+            syncs: 0.into(),
+        }
+    }
+
+    /// (reads, writes, syncs) so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.reads.load(Relaxed),
+            self.writes.load(Relaxed),
+            self.syncs.load(Relaxed),
+        )
+    }
+}
+
+impl BlockDev for CountingDev {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.inner.read_at(buf, off)?;
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.inner.write_at(buf, off)?;
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.write_bytes
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()?;
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn can_grow(&self) -> bool {
+        self.inner.can_grow()
+    }
+    fn zero_range(&self, off: u64, len: u64) -> io::Result<()> {
+        self.inner.zero_range(off, len)?;
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    fn identity(&self) -> Option<Identity> {
+        self.inner.identity()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buf_is_aligned_and_zeroed() {
+        let b = AlignedBuf::zeroed(8192);
+        assert_eq!(b.as_ptr() as usize % IO_ALIGN, 0);
+        assert!(b.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn file_dev_reads_past_end_as_zero_and_direct_io_handles_unaligned_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = FileDev::create(&p, false).unwrap();
+        f.write_at(&[7u8; 100], 10).unwrap();
+        let mut buf = [1u8; 200];
+        f.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..10], &[0; 10]);
+        assert_eq!(&buf[10..110], &[7; 100]);
+        assert!(buf[110..].iter().all(|&x| x == 0));
+        drop(f);
+        // O_DIRECT may be unsupported on tmpfs; only exercise it where it opens.
+        if let Ok(d) = FileDev::open(&p, true, false) {
+            let mut v = vec![0u8; 4097];
+            d.write_at(&vec![9u8; 4096], 4096).unwrap();
+            d.read_at(&mut v[1..], 4096).unwrap();
+            assert!(v[1..].iter().all(|&x| x == 9));
+        }
+    }
+
+    #[test]
+    fn zero_range_reads_back_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FileDev::create(&dir.path().join("z"), false).unwrap();
+        f.write_at(&[5u8; 16384], 0).unwrap();
+        f.zero_range(4096, 8192).unwrap();
+        let mut buf = [1u8; 16384];
+        f.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..4096].iter().all(|&x| x == 5));
+        assert!(buf[4096..12288].iter().all(|&x| x == 0));
+        assert!(buf[12288..].iter().all(|&x| x == 5));
+    }
+}

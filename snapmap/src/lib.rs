@@ -1,0 +1,37 @@
+//! # snapmap — snapblk's engine
+//!
+//! A snapshot-capable view of an *origin* device. Every write is compared with what the origin
+//! already holds (identical writes are skipped); the first change of a block after a snapshot
+//! preserves the original into that snapshot's *delta* in the *store* — durably, in a group
+//! commit shared with concurrent writers — before the new data may reach the origin.
+//! Snapshots are O(1) to take, merge on delete without copying data, and restore as a stream of
+//! ordinary writes that is safe to interrupt and re-run.
+//!
+//! Layout (after dm-snapshot's split of policy and exception store):
+//! - [`engine`]: the write path and snapshot operations — what happens on a first write is
+//!   `Engine::write_locked`;
+//! - [`index`]: the snapshot chain, deltas and slot allocator (pure data);
+//! - [`store`] and [`format`]: the bytes on the store device (superblock, journal,
+//!   checkpoints), documented in `FORMAT.md`;
+//! - [`io`]: the device trait that tests wrap to count I/O or inject faults.
+//!
+//! No ublk, no network: this crate is a plain library.
+
+pub mod commit;
+pub mod csum;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod index;
+pub mod io;
+pub mod locks;
+pub mod store;
+
+pub use engine::{
+    validate_name, BlockRange, CheckReport, Engine, OpenOptions, RestoreReport, RestoreState,
+    SnapshotInfo, Stats, Status,
+};
+pub use error::{Error, Result};
+pub use io::{AlignedBuf, BlockDev, CountingDev, FileDev, Identity, MemDev};
+pub use roaring::RoaringBitmap;
+pub use store::Recovery;

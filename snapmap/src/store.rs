@@ -1,0 +1,444 @@
+//! The bytes on the store device: formatting, opening (superblock → checkpoint → journal
+//! replay), appending commit groups, and writing checkpoints. Ordering rules live here, next to
+//! the writes they order; `FORMAT.md` explains why they are enough.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::format::{
+    CheckpointBody, CheckpointRef, Entry, JournalBlock, SuperError, Superblock, FLAG_GROUP_END,
+    FORMAT_VERSION, SUPER_SLOTS,
+};
+use crate::index::Index;
+use crate::io::{AlignedBuf, BlockDev, Identity};
+
+/// Where the journal continues: the next block's sequence number and its (pre-allocated) slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalPos {
+    /// Sequence number of the next journal block.
+    pub seq: u64,
+    /// Slot it will be written to.
+    pub slot: u64,
+}
+
+/// What opening a store found.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Recovery {
+    /// Journal blocks replayed on top of the checkpoint.
+    pub journal_blocks: u64,
+    /// Commit groups replayed.
+    pub groups: u64,
+    /// Commit groups found incomplete or unverifiable at the tail and dropped (their writes
+    /// were never acknowledged).
+    pub groups_dropped: u64,
+}
+
+/// An open store device and its current superblock.
+pub struct Store {
+    dev: Arc<dyn BlockDev>,
+    sb: Superblock,
+    read_only: bool,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// The superblock in force.
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    /// Block (slot) size.
+    pub fn block_size(&self) -> u32 {
+        self.sb.block_size
+    }
+
+    /// The store's name for messages.
+    pub fn name(&self) -> String {
+        self.dev.name()
+    }
+
+    /// The device.
+    pub fn dev(&self) -> &Arc<dyn BlockDev> {
+        &self.dev
+    }
+
+    fn io_err(&self, what: &str, e: std::io::Error) -> Error {
+        Error::io(format!("{what} on store {}", self.dev.name()), e)
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            store: self.dev.name(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Formats `dev` as an empty store for an origin of `origin_size` bytes.
+    pub fn format(
+        dev: Arc<dyn BlockDev>,
+        block_size: u32,
+        origin_size: u64,
+        origin: Identity,
+    ) -> Result<(Store, Index, JournalPos)> {
+        let mut ix = Index::empty();
+        let journal_slot = ix.alloc.alloc_meta(1).map_or(SUPER_SLOTS, |v| v[0]);
+        let pos = JournalPos {
+            seq: 1,
+            slot: journal_slot,
+        };
+        let sb = Superblock {
+            version: FORMAT_VERSION,
+            block_size,
+            uuid: *uuid::Uuid::new_v4().as_bytes(),
+            origin_size,
+            generation: 0,
+            epoch: 1,
+            checkpoint: CheckpointRef::default(),
+            created_unix: now_unix(),
+            origin,
+        };
+        let mut store = Store {
+            dev,
+            sb,
+            read_only: false,
+        };
+        // Zero the first journal slot so that no stale bytes there can pass for a journal block.
+        let zero = AlignedBuf::zeroed(block_size as usize);
+        store
+            .dev
+            .write_at(&zero, journal_slot * block_size as u64)
+            .map_err(|e| store.io_err("format", e))?;
+        if !store.write_checkpoint(&mut ix, pos)? {
+            return Err(Error::StoreFull {
+                store: store.dev.name(),
+                used_bytes: 0,
+                capacity_bytes: store.dev.len().unwrap_or(0),
+            });
+        }
+        Ok((store, ix, pos))
+    }
+
+    /// Opens a store: picks the newest valid superblock, loads its checkpoint, replays the
+    /// journal, and (unless read-only) starts a new epoch. `verify` sees the superblock before
+    /// anything is written, so a store refused for the wrong origin is left untouched.
+    pub fn open(
+        dev: Arc<dyn BlockDev>,
+        read_only: bool,
+        verify: impl FnOnce(&Superblock) -> Result<()>,
+    ) -> Result<(Store, Index, JournalPos, Recovery)> {
+        let name = dev.name();
+        let mut copies = Vec::new();
+        let mut errors = Vec::new();
+        // Copy B sits at the start of slot 1, whose size we do not know before reading A; try
+        // every legal block size.
+        let mut offsets = vec![0u64];
+        offsets.extend((12..=16).map(|s| 1u64 << s));
+        for off in offsets {
+            let mut b = AlignedBuf::zeroed(4096);
+            dev.read_at(&mut b, off)
+                .map_err(|e| Error::io(format!("read superblock of store {name}"), e))?;
+            match Superblock::decode(&b) {
+                Ok(sb) if off == 0 || off == sb.block_size as u64 => copies.push(sb),
+                Ok(_) => {}
+                Err(e) => errors.push((off, e)),
+            }
+        }
+        let Some(sb) = copies.into_iter().max_by_key(|s| s.generation) else {
+            if let Some((_, SuperError::Version(v))) =
+                errors.iter().find(|(_, e)| matches!(e, SuperError::Version(_)))
+            {
+                return Err(Error::FutureVersion {
+                    store: name,
+                    found: *v,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            if errors.iter().all(|(_, e)| *e == SuperError::Magic) {
+                return Err(Error::NotAStore { store: name });
+            }
+            let why: Vec<String> = errors
+                .iter()
+                .filter(|(_, e)| *e != SuperError::Magic)
+                .map(|(off, e)| format!("superblock at byte {off}: {e:?}"))
+                .collect();
+            return Err(Error::Corrupt {
+                store: name,
+                detail: format!("no valid superblock copy ({})", why.join(", ")),
+            });
+        };
+        verify(&sb)?;
+        let mut store = Store {
+            dev,
+            sb,
+            read_only,
+        };
+        let (mut ix, pos, recovery) = store.load()?;
+        if !read_only {
+            // A new epoch before any new journal write: journal blocks left from a dropped tail
+            // carry an older epoch and can never be mistaken for successors of new ones.
+            store.sb.epoch += 1;
+            store.write_superblock()?;
+        }
+        ix.alloc.mark_used(pos.slot);
+        Ok((store, ix, pos, recovery))
+    }
+
+    fn load(&self) -> Result<(Index, JournalPos, Recovery)> {
+        let bs = self.sb.block_size as u64;
+        let cp = self.sb.checkpoint;
+        if cp.slots == 0 || cp.len > cp.slots * bs || cp.slot < SUPER_SLOTS {
+            return Err(self.corrupt(format!("superblock names an impossible checkpoint {cp:?}")));
+        }
+        let mut buf = AlignedBuf::zeroed((cp.slots * bs) as usize);
+        self.dev
+            .read_at(&mut buf, cp.slot * bs)
+            .map_err(|e| self.io_err("read checkpoint", e))?;
+        if crc32fast::hash(&buf[..cp.len as usize]) != cp.crc {
+            return Err(self.corrupt(format!(
+                "checkpoint at slot {} does not match the superblock's checksum",
+                cp.slot
+            )));
+        }
+        let body = CheckpointBody::decode(&buf).map_err(|e| self.corrupt(e))?;
+        let mut ix = Index::from_checkpoint(&body, cp.slot..cp.slot + cp.slots)
+            .map_err(|e| self.corrupt(e.0))?;
+        let mut pos = JournalPos {
+            seq: body.next_seq,
+            slot: body.journal_slot,
+        };
+        let (applied, recovery) = self.replay(&mut ix, pos)?;
+        pos = applied;
+        Ok((ix, pos, recovery))
+    }
+
+    /// Follows the journal chain from `start`. Every complete group but the last is known
+    /// durable (the next group was only written after its sync); the last one is applied only
+    /// if every preserved block it names verifies.
+    fn replay(&self, ix: &mut Index, start: JournalPos) -> Result<(JournalPos, Recovery)> {
+        let bs = self.sb.block_size as u64;
+        let dev_slots = self.dev.len().map_err(|e| self.io_err("size", e))? / bs;
+        let mut rec = Recovery::default();
+        let mut pos = start;
+        let mut applied = start;
+        let mut last_epoch = 0;
+        let mut group: Vec<(u64, JournalBlock)> = Vec::new();
+        let mut held: Option<(Vec<(u64, JournalBlock)>, JournalPos)> = None;
+        let mut buf = AlignedBuf::zeroed(bs as usize);
+        while pos.slot >= SUPER_SLOTS && pos.slot < dev_slots {
+            self.dev
+                .read_at(&mut buf, pos.slot * bs)
+                .map_err(|e| self.io_err("read journal", e))?;
+            let Ok(jb) = JournalBlock::decode(&self.sb.uuid, &buf) else {
+                break;
+            };
+            if jb.seq != pos.seq || jb.epoch < last_epoch || jb.epoch > self.sb.epoch {
+                break;
+            }
+            last_epoch = jb.epoch;
+            let end = jb.flags & FLAG_GROUP_END != 0;
+            let slot = pos.slot;
+            pos = JournalPos {
+                seq: jb.seq + 1,
+                slot: jb.next_slot,
+            };
+            group.push((slot, jb));
+            if end {
+                if let Some((g, after)) = held.take() {
+                    self.apply_group(ix, &g, &mut rec)?;
+                    applied = after;
+                }
+                held = Some((std::mem::take(&mut group), pos));
+            }
+        }
+        if !group.is_empty() {
+            rec.groups_dropped += 1;
+        }
+        if let Some((g, after)) = held {
+            if self.group_payload_verifies(&g)? {
+                self.apply_group(ix, &g, &mut rec)?;
+                applied = after;
+            } else {
+                rec.groups_dropped += 1;
+            }
+        }
+        Ok((applied, rec))
+    }
+
+    fn group_payload_verifies(&self, g: &[(u64, JournalBlock)]) -> Result<bool> {
+        let bs = self.sb.block_size as u64;
+        let mut buf = AlignedBuf::zeroed(bs as usize);
+        for (_, jb) in g {
+            for e in &jb.entries {
+                if let Entry::Preserve { slot, crc, .. } = e {
+                    self.dev
+                        .read_at(&mut buf, slot * bs)
+                        .map_err(|e| self.io_err("verify journal tail", e))?;
+                    if crc32fast::hash(&buf) != *crc {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn apply_group(&self, ix: &mut Index, g: &[(u64, JournalBlock)], rec: &mut Recovery) -> Result<()> {
+        for (slot, jb) in g {
+            ix.alloc.mark_used(*slot);
+            ix.journal_slots.push(*slot);
+            for e in &jb.entries {
+                ix.apply(e)
+                    .map_err(|e| self.corrupt(format!("journal block {}: {}", jb.seq, e.0)))?;
+            }
+            rec.journal_blocks += 1;
+        }
+        // The slot the group reserved for the block after it is in use too.
+        if let Some((_, last)) = g.last() {
+            ix.alloc.mark_used(last.next_slot);
+        }
+        rec.groups += 1;
+        Ok(())
+    }
+
+    /// Writes the superblock copy not holding the newest generation, then syncs.
+    pub fn write_superblock(&mut self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::Invalid(format!(
+                "store {} is open read-only",
+                self.dev.name()
+            )));
+        }
+        let mut next = self.sb.clone();
+        next.generation += 1;
+        let copy = next.generation % 2;
+        let mut b = AlignedBuf::zeroed(self.sb.block_size as usize);
+        b[..4096].copy_from_slice(&next.encode());
+        self.dev
+            .write_at(&b, copy * self.sb.block_size as u64)
+            .map_err(|e| self.io_err("write superblock", e))?;
+        self.dev.sync().map_err(|e| self.io_err("sync superblock", e))?;
+        self.sb = next;
+        Ok(())
+    }
+
+    /// Records a new identity for the origin (after the user confirmed a moved origin).
+    pub fn set_origin(&mut self, origin: Identity) -> Result<()> {
+        self.sb.origin = origin;
+        self.write_superblock()
+    }
+
+    /// Writes one commit group: `blocks` (journal blocks in order, each with its slot) and
+    /// `data` (preserved blocks, each with its slot), then one sync. Contiguous slots go out in
+    /// one write.
+    pub fn write_group(&self, blocks: &[(u64, JournalBlock)], data: &[(u64, &[u8])]) -> Result<()> {
+        let bs = self.sb.block_size as usize;
+        let mut items: Vec<(u64, usize)> = Vec::with_capacity(blocks.len() + data.len());
+        let mut encoded = AlignedBuf::zeroed(bs * blocks.len());
+        for (i, (slot, jb)) in blocks.iter().enumerate() {
+            jb.encode_into(&self.sb.uuid, &mut encoded[i * bs..(i + 1) * bs])
+                .map_err(|e| Error::Invalid(format!("journal block: {e}")))?;
+            items.push((*slot, i));
+        }
+        for (j, (slot, _)) in data.iter().enumerate() {
+            items.push((*slot, blocks.len() + j));
+        }
+        items.sort_unstable_by_key(|x| x.0);
+        let src = |k: usize| -> &[u8] {
+            if k < blocks.len() {
+                &encoded[k * bs..(k + 1) * bs]
+            } else {
+                data[k - blocks.len()].1
+            }
+        };
+        let mut i = 0;
+        while i < items.len() {
+            let mut j = i + 1;
+            while j < items.len() && items[j].0 == items[j - 1].0 + 1 {
+                j += 1;
+            }
+            let off = items[i].0 * bs as u64;
+            if j == i + 1 {
+                let s = src(items[i].1);
+                self.dev
+                    .write_at(s, off)
+                    .map_err(|e| self.io_err("append", e))?;
+            } else {
+                let mut run = AlignedBuf::zeroed((j - i) * bs);
+                for (k, it) in items[i..j].iter().enumerate() {
+                    run[k * bs..(k + 1) * bs].copy_from_slice(src(it.1));
+                }
+                self.dev
+                    .write_at(&run, off)
+                    .map_err(|e| self.io_err("append", e))?;
+            }
+            i = j;
+        }
+        self.sync()
+    }
+
+    /// Syncs the store device.
+    pub fn sync(&self) -> Result<()> {
+        self.dev.sync().map_err(|e| self.io_err("sync", e))
+    }
+
+    /// Writes a checkpoint of `ix` as of journal position `pos` and points the superblock at it.
+    /// Returns false (and changes nothing) when the store has no room for it.
+    ///
+    /// Order: checkpoint bytes → sync → superblock → sync → only then free the journal blocks
+    /// and the previous checkpoint it replaces. A crash at any point leaves the previous
+    /// superblock naming a checkpoint and journal that are both still intact.
+    pub fn write_checkpoint(&mut self, ix: &mut Index, pos: JournalPos) -> Result<bool> {
+        let bs = self.sb.block_size as u64;
+        let mut obsolete: Vec<u64> = ix.journal_slots.clone();
+        obsolete.extend(ix.checkpoint_slots.clone());
+        let probe = ix.to_checkpoint(pos.seq, pos.slot, obsolete.clone());
+        let len = probe
+            .encoded_len()
+            .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))? as u64;
+        let n = len.div_ceil(bs);
+        let Some(start) = ix.alloc.alloc_run_at_end(n) else {
+            return Ok(false);
+        };
+        // Allocating at the end changes only the high-water mark (fixed width), so the size holds.
+        let body = ix.to_checkpoint(pos.seq, pos.slot, obsolete.clone());
+        let bytes = body
+            .encode(self.sb.block_size)
+            .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?;
+        debug_assert!(bytes.len() as u64 <= n * bs);
+        let aligned = AlignedBuf::from_slice(&bytes);
+        let written = self
+            .dev
+            .write_at(&aligned, start * bs)
+            .map_err(|e| self.io_err("write checkpoint", e))
+            .and_then(|_| self.sync());
+        if let Err(e) = written {
+            // Nothing points at the new slots: give them back.
+            for s in start..start + n {
+                ix.alloc.free(s);
+            }
+            return Err(e);
+        }
+        let old = self.sb.checkpoint;
+        self.sb.checkpoint = CheckpointRef {
+            slot: start,
+            slots: n,
+            len,
+            crc: crc32fast::hash(&bytes[..len as usize]),
+        };
+        if let Err(e) = self.write_superblock() {
+            self.sb.checkpoint = old;
+            return Err(e);
+        }
+        for s in obsolete {
+            ix.alloc.free(s);
+        }
+        ix.journal_slots.clear();
+        ix.checkpoint_slots = start..start + n;
+        Ok(true)
+    }
+}

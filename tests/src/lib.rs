@@ -1,0 +1,1 @@
+//! Shared helpers for snapblk's cross-crate tests.
