@@ -332,7 +332,10 @@ impl Engine {
         if let Some(want) = opts.size {
             if cur < want && !opts.read_only {
                 origin.set_len(want).map_err(|e| {
-                    Error::io(format!("extend backing {} to {want} bytes", backing.display()), e)
+                    Error::io(
+                        format!("extend backing {} to {want} bytes", backing.display()),
+                        e,
+                    )
                 })?;
             } else if cur > want {
                 return Err(Error::Invalid(format!(
@@ -342,7 +345,9 @@ impl Engine {
             }
         }
         let store_exists = store.exists()
-            && std::fs::metadata(store).map(|m| m.len() > 0 || !m.is_file()).unwrap_or(false);
+            && std::fs::metadata(store)
+                .map(|m| m.len() > 0 || !m.is_file())
+                .unwrap_or(false);
         let origin: Arc<dyn BlockDev> = Arc::new(origin);
         if store_exists {
             let dev = FileDev::open(store, opts.direct_io, opts.read_only)
@@ -374,7 +379,11 @@ impl Engine {
     }
 
     /// Formats `store` for `origin` (whose current length is the device size) and opens it.
-    pub fn format(origin: Arc<dyn BlockDev>, store: Arc<dyn BlockDev>, opts: &OpenOptions) -> Result<Engine> {
+    pub fn format(
+        origin: Arc<dyn BlockDev>,
+        store: Arc<dyn BlockDev>,
+        opts: &OpenOptions,
+    ) -> Result<Engine> {
         let bs = opts.block_size;
         if !bs.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&bs) {
             return Err(Error::Invalid(format!(
@@ -402,7 +411,11 @@ impl Engine {
     }
 
     /// Opens an existing store for `origin`.
-    pub fn open(origin: Arc<dyn BlockDev>, store: Arc<dyn BlockDev>, opts: &OpenOptions) -> Result<Engine> {
+    pub fn open(
+        origin: Arc<dyn BlockDev>,
+        store: Arc<dyn BlockDev>,
+        opts: &OpenOptions,
+    ) -> Result<Engine> {
         let size = origin
             .len()
             .map_err(|e| Error::io(format!("size of backing {}", origin.name()), e))?;
@@ -557,7 +570,7 @@ impl Engine {
             .read_at(buf, off)
             .map_err(|e| self.origin_err("read", e))?;
         let bs = self.bs as u64;
-        if off % bs == 0 && buf.len() as u64 % bs == 0 {
+        if off.is_multiple_of(bs) && (buf.len() as u64).is_multiple_of(bs) {
             // Remember what we saw; a stale entry is harmless (see csum.rs).
             for (i, chunk) in buf.chunks(bs as usize).enumerate() {
                 self.csum
@@ -570,7 +583,12 @@ impl Engine {
     fn read_slot(&self, r: SlotRef, out: &mut [u8], block: u64) -> Result<()> {
         self.store_dev
             .read_at(out, r.slot * self.bs as u64)
-            .map_err(|e| Error::io(format!("read preserved block from store {}", self.store_name), e))?;
+            .map_err(|e| {
+                Error::io(
+                    format!("read preserved block from store {}", self.store_name),
+                    e,
+                )
+            })?;
         if crc32fast::hash(out) != r.crc {
             return Err(Error::Corrupt {
                 store: self.store_name.clone(),
@@ -612,7 +630,11 @@ impl Engine {
         let second = resolve(&read_lock(&self.index))?;
         for i in 0..n {
             if let Some(r) = second[i] {
-                self.read_slot(r, &mut img[i * bs as usize..(i + 1) * bs as usize], b0 + i as u64)?;
+                self.read_slot(
+                    r,
+                    &mut img[i * bs as usize..(i + 1) * bs as usize],
+                    b0 + i as u64,
+                )?;
             }
         }
         let start = (off - b0 * bs) as usize;
@@ -621,7 +643,13 @@ impl Engine {
     }
 
     /// Reads into `img` (block `b0` first) every block for which `pick` holds, in coalesced runs.
-    fn read_origin_where<T>(&self, b0: u64, items: &[T], pick: impl Fn(&T) -> bool, img: &mut [u8]) -> Result<u64> {
+    fn read_origin_where<T>(
+        &self,
+        b0: u64,
+        items: &[T],
+        pick: impl Fn(&T) -> bool,
+        img: &mut [u8],
+    ) -> Result<u64> {
         let bs = self.bs as usize;
         let mut i = 0;
         let mut count = 0;
@@ -709,8 +737,8 @@ impl Engine {
         let pick: Vec<bool> = (0..run.n).map(|i| want[i] && !run.have_old[i]).collect();
         let got = self.read_origin_where(run.b0, &pick, |&p| p, &mut run.old)?;
         add(&self.counters.compare_reads, got);
-        for i in 0..run.n {
-            run.have_old[i] |= pick[i];
+        for (have, p) in run.have_old.iter_mut().zip(&pick) {
+            *have |= *p;
         }
         Ok(())
     }
@@ -725,7 +753,7 @@ impl Engine {
         let _locks = self.locks.lock(b0, n as u64);
         let mut run = self.new_run(b0, n);
         let first_partial = head != 0 || (n == 1 && len < bs);
-        let last_partial = (head + len) % bs != 0;
+        let last_partial = !(head + len).is_multiple_of(bs);
         let mut want = run.need.clone();
         want[0] |= first_partial;
         want[n - 1] |= last_partial;
@@ -778,18 +806,13 @@ impl Engine {
             })
             .collect();
         self.read_old(run, &want)?;
-        let mut write = vec![false; n];
-        let mut preserve: Vec<usize> = Vec::new();
-        for i in 0..n {
-            let blk = i * bs..(i + 1) * bs;
-            if run.have_old[i] && run.old[blk.clone()] == data[blk] {
-                continue;
-            }
-            write[i] = true;
-            if run.need[i] {
-                preserve.push(i);
-            }
-        }
+        let write: Vec<bool> = (0..n)
+            .map(|i| {
+                let blk = i * bs..(i + 1) * bs;
+                !(run.have_old[i] && run.old[blk.clone()] == data[blk])
+            })
+            .collect();
+        let preserve: Vec<usize> = (0..n).filter(|&i| write[i] && run.need[i]).collect();
         let skipped = n - write.iter().filter(|&&w| w).count();
         add(&self.counters.blocks_skipped, skipped as u64);
         if let (false, Some(snap)) = (preserve.is_empty(), run.newest) {
@@ -800,7 +823,10 @@ impl Engine {
             let req = Request {
                 meta: Vec::new(),
                 snap,
-                blocks: preserve.iter().map(|&i| (run.b0 + i as u64) as u32).collect(),
+                blocks: preserve
+                    .iter()
+                    .map(|&i| (run.b0 + i as u64) as u32)
+                    .collect(),
                 data: copy,
             };
             self.commit(req)?;
@@ -832,8 +858,8 @@ impl Engine {
             add(&self.counters.blocks_written, (j - i) as u64);
             i = j;
         }
-        for i in 0..n {
-            self.csum.put((run.b0 + i as u64) as u32, crcs[i]);
+        for (i, crc) in crcs.iter().enumerate() {
+            self.csum.put((run.b0 + i as u64) as u32, *crc);
         }
         Ok(())
     }
@@ -870,7 +896,13 @@ impl Engine {
             return batch
                 .into_iter()
                 .map(|(t, _)| {
-                    (t, Err(Error::Failed { store: self.store_name.clone(), reason: msg.clone() }))
+                    (
+                        t,
+                        Err(Error::Failed {
+                            store: self.store_name.clone(),
+                            reason: msg.clone(),
+                        }),
+                    )
                 })
                 .collect();
         }
@@ -955,7 +987,11 @@ impl Engine {
             blocks.push((
                 slot,
                 JournalBlock {
-                    flags: if i + 1 == k { crate::format::FLAG_GROUP_END } else { 0 },
+                    flags: if i + 1 == k {
+                        crate::format::FLAG_GROUP_END
+                    } else {
+                        0
+                    },
                     epoch: w.store.superblock().epoch,
                     seq: w.pos.seq + i as u64,
                     next_slot: next_slots[i],
@@ -972,7 +1008,13 @@ impl Engine {
             self.fail(e.to_string());
             let msg = e.to_string();
             for (t, _, _) in accepted {
-                results.push((t, Err(Error::Failed { store: self.store_name.clone(), reason: msg.clone() })));
+                results.push((
+                    t,
+                    Err(Error::Failed {
+                        store: self.store_name.clone(),
+                        reason: msg.clone(),
+                    }),
+                ));
             }
             return results;
         }
@@ -983,11 +1025,20 @@ impl Engine {
                 for e in &jb.entries {
                     if let Err(err) = ix.apply(e) {
                         drop(ix);
-                        self.fail(format!("applying a committed journal entry failed: {}", err.0));
+                        self.fail(format!(
+                            "applying a committed journal entry failed: {}",
+                            err.0
+                        ));
                         return accepted
                             .into_iter()
                             .map(|(t, _, _)| {
-                                (t, Err(Error::Failed { store: self.store_name.clone(), reason: err.0.clone() }))
+                                (
+                                    t,
+                                    Err(Error::Failed {
+                                        store: self.store_name.clone(),
+                                        reason: err.0.clone(),
+                                    }),
+                                )
                             })
                             .collect();
                     }
@@ -1011,7 +1062,14 @@ impl Engine {
         for (t, _, _) in accepted {
             results.push((t, Ok(())));
         }
-        if w.since_checkpoint >= self.checkpoint_every {
+        // Journal blocks are only freed by a checkpoint. Checkpoint on a fixed period, and
+        // also once the journal holds more than an eighth of the used slots: that bounds the
+        // journal's share of the store, and a checkpoint (about 12 bytes per preserved block)
+        // then costs a few percent of the journal written since the last one.
+        let used = read_lock(&self.index).alloc.used();
+        if w.since_checkpoint >= self.checkpoint_every
+            || (w.since_checkpoint >= 256 && w.since_checkpoint * 8 >= used)
+        {
             if let Err(e) = self.checkpoint_locked(&mut w) {
                 tracing::warn!(store = %self.store_name, error = %e, "checkpoint failed; the journal keeps growing");
             }
@@ -1164,7 +1222,11 @@ impl Engine {
     /// writes through the copy-on-write path: newer snapshots survive, identical blocks cost
     /// nothing, and an interrupted restore is simply run again. An automatic
     /// `pre-restore-<time>` snapshot is taken first, so a restore can itself be undone.
-    pub fn restore(&self, name: &str, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<RestoreReport> {
+    pub fn restore(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<RestoreReport> {
         self.check_writable()?;
         let (target, pre_name, resumed) = {
             let _gate = write_lock(&self.gate);
@@ -1371,7 +1433,11 @@ impl Engine {
         let bs = self.bs as u64;
         let (used, cap, restore) = {
             let ix = read_lock(&self.index);
-            let name = |id: u64| ix.pos(id).map(|p| ix.snaps[p].name.clone()).unwrap_or_default();
+            let name = |id: u64| {
+                ix.pos(id)
+                    .map(|p| ix.snaps[p].name.clone())
+                    .unwrap_or_default()
+            };
             (
                 ix.alloc.used() * bs,
                 ix.alloc.limit().map(|l| l * bs),
@@ -1411,12 +1477,17 @@ impl Engine {
         let mut owner: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
         let mut claim = |slot: u64, what: String, rep: &mut CheckReport| {
             if slot < SUPER_SLOTS || slot >= ix.alloc.high_water() {
-                rep.problems.push(format!("{what} uses slot {slot}, outside the store's slots"));
+                rep.problems.push(format!(
+                    "{what} uses slot {slot}, outside the store's slots"
+                ));
             } else if ix.alloc.is_free(slot) {
-                rep.problems.push(format!("{what} uses slot {slot}, which the allocator has free"));
+                rep.problems.push(format!(
+                    "{what} uses slot {slot}, which the allocator has free"
+                ));
             }
             if let Some(prev) = owner.insert(slot, what.clone()) {
-                rep.problems.push(format!("slot {slot} is used by both {prev} and {what}"));
+                rep.problems
+                    .push(format!("slot {slot} is used by both {prev} and {what}"));
             }
         };
         for s in ix.journal_slots.iter() {
@@ -1429,10 +1500,16 @@ impl Engine {
         let mut buf = AlignedBuf::zeroed(self.bs as usize);
         for snap in &ix.snaps {
             for (b, r) in snap.delta.entries() {
-                claim(r.slot, format!("block {b} of snapshot {:?}", snap.name), &mut rep);
+                claim(
+                    r.slot,
+                    format!("block {b} of snapshot {:?}", snap.name),
+                    &mut rep,
+                );
                 if u64::from(b) >= self.nblocks {
-                    rep.problems
-                        .push(format!("snapshot {:?} holds block {b}, past the device's end", snap.name));
+                    rep.problems.push(format!(
+                        "snapshot {:?} holds block {b}, past the device's end",
+                        snap.name
+                    ));
                 }
                 match self.read_slot(r, &mut buf, b as u64) {
                     Ok(()) => rep.preserved_blocks += 1,

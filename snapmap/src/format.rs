@@ -380,7 +380,9 @@ impl CheckpointBody {
         }
         let version = get_u32(b, 4);
         if version > FORMAT_VERSION {
-            return Err(format!("checkpoint format version {version} is newer than {FORMAT_VERSION}"));
+            return Err(format!(
+                "checkpoint format version {version} is newer than {FORMAT_VERSION}"
+            ));
         }
         if get_u32(b, 20) != 0 {
             return Err("checkpoint reserved header bytes are not zero".into());
@@ -432,7 +434,10 @@ mod tests {
         for bit in (0..SUPER_BODY * 8).step_by(61) {
             let mut c = b.clone();
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(Superblock::decode(&c).is_err(), "flip of bit {bit} accepted");
+            assert!(
+                Superblock::decode(&c).is_err(),
+                "flip of bit {bit} accepted"
+            );
         }
     }
 
@@ -484,13 +489,19 @@ mod tests {
         for bit in 0..used * 8 {
             let mut c = out.clone();
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(JournalBlock::decode(&[1; 16], &c).is_err(), "flip of bit {bit} accepted");
+            assert!(
+                JournalBlock::decode(&[1; 16], &c).is_err(),
+                "flip of bit {bit} accepted"
+            );
         }
         // A torn write: the second half of the sector never arrived.
         let mut torn = out.clone();
         torn[used / 2..].fill(0);
         assert!(JournalBlock::decode(&[1; 16], &torn).is_err());
-        assert_eq!(JournalBlock::decode(&[2; 16], &out), Err(JournalError::Foreign));
+        assert_eq!(
+            JournalBlock::decode(&[2; 16], &out),
+            Err(JournalError::Foreign)
+        );
     }
 
     #[test]
@@ -533,7 +544,10 @@ mod tests {
         for byte in (0..len).step_by(7) {
             let mut d = b.clone();
             d[byte] ^= 0x10;
-            assert!(CheckpointBody::decode(&d).is_err(), "flip at byte {byte} accepted");
+            assert!(
+                CheckpointBody::decode(&d).is_err(),
+                "flip at byte {byte} accepted"
+            );
         }
     }
 }

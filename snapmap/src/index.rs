@@ -57,7 +57,9 @@ impl Delta {
 
     /// All (block, slot) pairs, in block order.
     pub fn entries(&self) -> impl Iterator<Item = (u32, SlotRef)> + '_ {
-        self.blocks.iter().filter_map(|b| self.map.get(&b).map(|r| (b, *r)))
+        self.blocks
+            .iter()
+            .filter_map(|b| self.map.get(&b).map(|r| (b, *r)))
     }
 }
 
@@ -296,7 +298,9 @@ impl Index {
                 internal,
             } => {
                 if *id < self.next_id || self.pos_by_name(name).is_some() {
-                    return Err(ApplyError(format!("snapshot {id} ({name:?}) created twice")));
+                    return Err(ApplyError(format!(
+                        "snapshot {id} ({name:?}) created twice"
+                    )));
                 }
                 self.snaps.push(Snapshot {
                     id: *id,
@@ -362,7 +366,10 @@ impl Index {
     }
 
     /// Rebuilds the index from a checkpoint stored in `slots`.
-    pub fn from_checkpoint(c: &CheckpointBody, slots: std::ops::Range<u64>) -> Result<Self, ApplyError> {
+    pub fn from_checkpoint(
+        c: &CheckpointBody,
+        slots: std::ops::Range<u64>,
+    ) -> Result<Self, ApplyError> {
         let mut alloc = Allocator::new(c.high_water, c.free.iter().copied());
         for &s in &c.free_on_load {
             alloc.free(s);
@@ -383,7 +390,10 @@ impl Index {
             d.blocks = RoaringBitmap::from_sorted_iter(r.delta.iter().map(|x| x.0))
                 .map_err(|_| ApplyError(format!("snapshot {} delta is not sorted", r.id)))?;
             if d.blocks.len() != r.delta.len() as u64 {
-                return Err(ApplyError(format!("snapshot {} delta repeats a block", r.id)));
+                return Err(ApplyError(format!(
+                    "snapshot {} delta repeats a block",
+                    r.id
+                )));
             }
             snaps.push(Snapshot {
                 id: r.id,
@@ -428,7 +438,13 @@ mod tests {
     #[test]
     fn deleting_a_snapshot_moves_blocks_the_older_delta_lacks_and_frees_the_rest() {
         let mut ix = Index::empty();
-        for e in [created(1), pres(1, 5, 10), created(2), pres(2, 5, 11), pres(2, 6, 12)] {
+        for e in [
+            created(1),
+            pres(1, 5, 10),
+            created(2),
+            pres(2, 5, 11),
+            pres(2, 6, 12),
+        ] {
             ix.apply(&e).unwrap();
         }
         ix.apply(&Entry::SnapshotDeleted { id: 2 }).unwrap();
@@ -454,7 +470,13 @@ mod tests {
     #[test]
     fn resolve_uses_the_oldest_delta_at_or_after_the_snapshot() {
         let mut ix = Index::empty();
-        for e in [created(1), created(2), pres(2, 3, 20), created(3), pres(3, 3, 30)] {
+        for e in [
+            created(1),
+            created(2),
+            pres(2, 3, 20),
+            created(3),
+            pres(3, 3, 30),
+        ] {
             ix.apply(&e).unwrap();
         }
         assert_eq!(ix.resolve(0, 3).unwrap().slot, 20);
@@ -489,7 +511,13 @@ mod tests {
     #[test]
     fn checkpoint_round_trip_keeps_everything() {
         let mut ix = Index::empty();
-        for e in [created(1), pres(1, 9, 10), pres(1, 2, 14), created(2), pres(2, 9, 12)] {
+        for e in [
+            created(1),
+            pres(1, 9, 10),
+            pres(1, 2, 14),
+            created(2),
+            pres(2, 9, 12),
+        ] {
             ix.apply(&e).unwrap();
         }
         ix.alloc.free(11);

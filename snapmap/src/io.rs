@@ -37,6 +37,8 @@ impl Identity {
 ///
 /// Writes may sit in a volatile cache until [`BlockDev::sync`] returns; the engine's ordering
 /// rules are written against exactly that model.
+// A device is never "empty" in a useful sense; `len` is its size.
+#[allow(clippy::len_without_is_empty)]
 pub trait BlockDev: Send + Sync {
     /// Reads exactly `buf.len()` bytes at `off`. Bytes past the end read as zero.
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
@@ -137,7 +139,9 @@ impl DerefMut for AlignedBuf {
 }
 
 fn is_aligned(buf: &[u8], off: u64) -> bool {
-    (buf.as_ptr() as usize) % IO_ALIGN == 0 && buf.len() % 512 == 0 && off % 512 == 0
+    (buf.as_ptr() as usize).is_multiple_of(IO_ALIGN)
+        && buf.len().is_multiple_of(512)
+        && off.is_multiple_of(512)
 }
 
 /// A regular file or a block device.
@@ -187,7 +191,10 @@ impl FileDev {
         if self.block_device {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                format!("{} is a block device and cannot be resized", self.path.display()),
+                format!(
+                    "{} is a block device and cannot be resized",
+                    self.path.display()
+                ),
             ));
         }
         self.file.set_len(len)
@@ -219,9 +226,14 @@ impl FileDev {
 impl BlockDev for FileDev {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         if self.direct && !is_aligned(buf, off) {
-            let mut bounce = AlignedBuf::zeroed(buf.len().next_multiple_of(512));
-            self.read_raw(&mut bounce, off)?;
-            buf.copy_from_slice(&bounce[..buf.len()]);
+            // O_DIRECT wants sector-aligned offsets, lengths and memory: read the covering
+            // sectors into an aligned buffer.
+            let start = off & !511;
+            let end = (off + buf.len() as u64).next_multiple_of(512);
+            let mut bounce = AlignedBuf::zeroed((end - start) as usize);
+            self.read_raw(&mut bounce, start)?;
+            let at = (off - start) as usize;
+            buf.copy_from_slice(&bounce[at..at + buf.len()]);
             return Ok(());
         }
         self.read_raw(buf, off)
@@ -229,8 +241,17 @@ impl BlockDev for FileDev {
 
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
         if self.direct && !is_aligned(buf, off) {
-            let bounce = AlignedBuf::from_slice(buf);
-            return self.file.write_all_at(&bounce, off);
+            let start = off & !511;
+            let end = (off + buf.len() as u64).next_multiple_of(512);
+            let mut bounce = AlignedBuf::zeroed((end - start) as usize);
+            if start != off || end != off + buf.len() as u64 {
+                // Partial sectors: keep the bytes around the write (callers that need this to
+                // be atomic hold a lock on the range; the engine only writes whole blocks).
+                self.read_raw(&mut bounce, start)?;
+            }
+            let at = (off - start) as usize;
+            bounce[at..at + buf.len()].copy_from_slice(buf);
+            return self.file.write_all_at(&bounce, start);
         }
         self.file.write_all_at(buf, off)
     }
@@ -424,19 +445,22 @@ impl CountingDev {
 impl BlockDev for CountingDev {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         self.inner.read_at(buf, off)?;
-        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
         self.inner.write_at(buf, off)?;
-        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.write_bytes
             .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
     fn sync(&self) -> io::Result<()> {
         self.inner.sync()?;
-        self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
     fn len(&self) -> io::Result<u64> {
@@ -447,7 +471,8 @@ impl BlockDev for CountingDev {
     }
     fn zero_range(&self, off: u64, len: u64) -> io::Result<()> {
         self.inner.zero_range(off, len)?;
-        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
     fn identity(&self) -> Option<Identity> {

@@ -31,6 +31,9 @@ pub struct Recovery {
     /// Commit groups found incomplete or unverifiable at the tail and dropped (their writes
     /// were never acknowledged).
     pub groups_dropped: u64,
+    /// The journal ended at a block of this store that failed its checksum (a write torn by
+    /// a crash; it was never acknowledged).
+    pub torn_tail: bool,
 }
 
 /// An open store device and its current superblock.
@@ -149,8 +152,9 @@ impl Store {
             }
         }
         let Some(sb) = copies.into_iter().max_by_key(|s| s.generation) else {
-            if let Some((_, SuperError::Version(v))) =
-                errors.iter().find(|(_, e)| matches!(e, SuperError::Version(_)))
+            if let Some((_, SuperError::Version(v))) = errors
+                .iter()
+                .find(|(_, e)| matches!(e, SuperError::Version(_)))
             {
                 return Err(Error::FutureVersion {
                     store: name,
@@ -172,11 +176,7 @@ impl Store {
             });
         };
         verify(&sb)?;
-        let mut store = Store {
-            dev,
-            sb,
-            read_only,
-        };
+        let mut store = Store { dev, sb, read_only };
         let (mut ix, pos, recovery) = store.load()?;
         if !read_only {
             // A new epoch before any new journal write: journal blocks left from a dropped tail
@@ -233,8 +233,12 @@ impl Store {
             self.dev
                 .read_at(&mut buf, pos.slot * bs)
                 .map_err(|e| self.io_err("read journal", e))?;
-            let Ok(jb) = JournalBlock::decode(&self.sb.uuid, &buf) else {
-                break;
+            let jb = match JournalBlock::decode(&self.sb.uuid, &buf) {
+                Ok(jb) => jb,
+                Err(e) => {
+                    rec.torn_tail = e != crate::format::JournalError::Foreign;
+                    break;
+                }
             };
             if jb.seq != pos.seq || jb.epoch < last_epoch || jb.epoch > self.sb.epoch {
                 break;
@@ -287,7 +291,12 @@ impl Store {
         Ok(true)
     }
 
-    fn apply_group(&self, ix: &mut Index, g: &[(u64, JournalBlock)], rec: &mut Recovery) -> Result<()> {
+    fn apply_group(
+        &self,
+        ix: &mut Index,
+        g: &[(u64, JournalBlock)],
+        rec: &mut Recovery,
+    ) -> Result<()> {
         for (slot, jb) in g {
             ix.alloc.mark_used(*slot);
             ix.journal_slots.push(*slot);
@@ -321,7 +330,9 @@ impl Store {
         self.dev
             .write_at(&b, copy * self.sb.block_size as u64)
             .map_err(|e| self.io_err("write superblock", e))?;
-        self.dev.sync().map_err(|e| self.io_err("sync superblock", e))?;
+        self.dev
+            .sync()
+            .map_err(|e| self.io_err("sync superblock", e))?;
         self.sb = next;
         Ok(())
     }

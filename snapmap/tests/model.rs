@@ -61,7 +61,8 @@ fn opts() -> OpenOptions {
 
 fn verify(e: &Engine, m: &Model) -> Result<(), TestCaseError> {
     let mut buf = vec![0u8; SIZE];
-    e.read(0, &mut buf).map_err(|x| TestCaseError::fail(x.to_string()))?;
+    e.read(0, &mut buf)
+        .map_err(|x| TestCaseError::fail(x.to_string()))?;
     prop_assert!(buf == m.live, "live image differs from the model");
     let names: Vec<String> = e.snapshots().into_iter().map(|s| s.name).collect();
     let model_names: Vec<String> = m.snaps.iter().map(|s| s.0.clone()).collect();

@@ -1,0 +1,388 @@
+//! Behaviour of the engine that the model test does not pin down by itself: I/O counts,
+//! recovery details, space accounting, refusals and concurrency.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use snapmap::{BlockDev, CountingDev, Engine, Error, FileDev, MemDev, OpenOptions};
+
+const BS: usize = 4096;
+
+fn mem(blocks: usize) -> (Arc<dyn BlockDev>, Arc<dyn BlockDev>) {
+    (
+        Arc::new(MemDev::new("origin", (blocks * BS) as u64, false)),
+        Arc::new(MemDev::new("store", 0, true)),
+    )
+}
+
+fn block(v: u8) -> Vec<u8> {
+    vec![v; BS]
+}
+
+#[test]
+fn identical_rewrites_cause_zero_origin_writes() {
+    let counted = Arc::new(CountingDev::new(Arc::new(MemDev::new(
+        "o",
+        64 * BS as u64,
+        false,
+    ))));
+    let origin: Arc<dyn BlockDev> = counted.clone();
+    let store: Arc<dyn BlockDev> = Arc::new(MemDev::new("s", 0, true));
+    let e = Engine::format(origin, store, &OpenOptions::default()).unwrap();
+    for b in 0..64u64 {
+        e.write(b * BS as u64, &block(b as u8 + 1)).unwrap();
+    }
+    let before = counted.counts().1;
+    for b in 0..64u64 {
+        e.write(b * BS as u64, &block(b as u8 + 1)).unwrap();
+    }
+    assert_eq!(
+        counted.counts().1,
+        before,
+        "identical rewrites reached the origin"
+    );
+    assert_eq!(e.stats().blocks_skipped_identical, 64);
+    // Also after a snapshot: the first write compares with the original and skips.
+    e.create_snapshot("s").unwrap();
+    let before = counted.counts().1;
+    for b in 0..64u64 {
+        e.write(b * BS as u64, &block(b as u8 + 1)).unwrap();
+    }
+    assert_eq!(counted.counts().1, before);
+    assert_eq!(
+        e.stats().preserves,
+        0,
+        "nothing changed, nothing to preserve"
+    );
+}
+
+#[test]
+fn a_changed_block_is_written_without_a_compare_read_when_its_checksum_is_known() {
+    let counted = Arc::new(CountingDev::new(Arc::new(MemDev::new(
+        "o",
+        8 * BS as u64,
+        false,
+    ))));
+    let origin: Arc<dyn BlockDev> = counted.clone();
+    let e = Engine::format(
+        origin,
+        Arc::new(MemDev::new("s", 0, true)),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    e.write(0, &block(1)).unwrap();
+    let reads = counted.counts().0;
+    e.write(0, &block(2)).unwrap();
+    assert_eq!(counted.counts().0, reads, "a known mismatch needed no read");
+}
+
+#[test]
+fn first_write_after_a_snapshot_costs_one_read_two_writes_and_one_store_sync() {
+    let o = Arc::new(CountingDev::new(Arc::new(MemDev::new(
+        "o",
+        8 * BS as u64,
+        false,
+    ))));
+    let s = Arc::new(CountingDev::new(Arc::new(MemDev::new("s", 0, true))));
+    let e = Engine::format(o.clone(), s.clone(), &OpenOptions::default()).unwrap();
+    e.write(0, &block(1)).unwrap();
+    e.create_snapshot("a").unwrap();
+    let (or, ow, _) = o.counts();
+    let (_, sw, ss) = s.counts();
+    e.write(0, &block(2)).unwrap();
+    assert_eq!(o.counts().0 - or, 1, "one origin read");
+    assert_eq!(o.counts().1 - ow, 1, "one origin write");
+    assert_eq!(
+        s.counts().1 - sw,
+        1,
+        "journal block and data go out in one store write"
+    );
+    assert_eq!(s.counts().2 - ss, 1, "one store sync");
+}
+
+#[test]
+fn reopen_rebuilds_the_index_from_checkpoint_plus_journal_tail() {
+    let (o, s) = mem(32);
+    let opts = OpenOptions {
+        checkpoint_every: 4,
+        ..OpenOptions::default()
+    };
+    let e = Engine::format(o.clone(), s.clone(), &opts).unwrap();
+    e.create_snapshot("a").unwrap();
+    for b in 0..10u64 {
+        e.write(b * BS as u64, &block(9)).unwrap();
+    }
+    assert!(e.stats().checkpoints >= 1);
+    drop(e); // no close: the tail after the last checkpoint must be replayed
+    let e = Engine::open(o, s, &opts).unwrap();
+    assert!(e.recovery().journal_blocks > 0, "{:?}", e.recovery());
+    assert_eq!(e.recovery().groups_dropped, 0);
+    let mut buf = vec![1u8; BS];
+    for b in 0..10u64 {
+        e.read_snapshot("a", b * BS as u64, &mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == 0));
+    }
+    assert_eq!(e.snapshots()[0].preserved_blocks, 10);
+}
+
+#[test]
+fn a_torn_journal_tail_is_dropped_and_never_trusted() {
+    let (o, s) = mem(16);
+    let e = Engine::format(o.clone(), s.clone(), &OpenOptions::default()).unwrap();
+    e.create_snapshot("a").unwrap();
+    e.write(0, &block(1)).unwrap();
+    drop(e);
+    // Find the newest journal block (highest sequence) and tear it.
+    let bytes = match s.len() {
+        Ok(n) => n as usize,
+        Err(e) => panic!("{e}"),
+    };
+    let mut img = vec![0u8; bytes];
+    s.read_at(&mut img, 0).unwrap();
+    let mut newest = None;
+    for slot in 2..bytes / BS {
+        let b = &img[slot * BS..(slot + 1) * BS];
+        if b[0..4] == 0x4C4E_4A53u32.to_le_bytes() {
+            let seq = u64::from_le_bytes(b[32..40].try_into().unwrap());
+            if newest.is_none_or(|(_, q)| seq > q) {
+                newest = Some((slot, seq));
+            }
+        }
+    }
+    let (slot, _) = newest.expect("a journal block");
+    s.write_at(&[0xEE; 100], (slot * BS + 60) as u64).unwrap();
+    let e = Engine::open(o, s, &OpenOptions::default()).unwrap();
+    assert!(e.recovery().torn_tail, "{:?}", e.recovery());
+    // The preserve of block 0 was the torn group: the snapshot now resolves to the origin, and
+    // the store is consistent.
+    assert_eq!(e.snapshots()[0].preserved_blocks, 0);
+    assert!(e.check().unwrap().ok());
+}
+
+#[test]
+fn a_last_group_whose_preserved_data_did_not_reach_the_store_is_dropped() {
+    let (o, s) = mem(16);
+    let e = Engine::format(o.clone(), s.clone(), &OpenOptions::default()).unwrap();
+    e.create_snapshot("a").unwrap();
+    e.write(0, &block(1)).unwrap();
+    e.write(BS as u64, &block(2)).unwrap();
+    drop(e);
+    // The preserved copy of block 1 (all zeroes) sits in the highest data slot written; make it
+    // look like the write never arrived by giving it other bytes.
+    let n = s.len().unwrap() as usize / BS;
+    let mut img = vec![0u8; n * BS];
+    s.read_at(&mut img, 0).unwrap();
+    let slot = (2..n)
+        .rev()
+        .find(|&k| img[k * BS..(k + 1) * BS].iter().all(|&x| x == 0))
+        .unwrap();
+    s.write_at(&block(0x55), (slot * BS) as u64).unwrap();
+    let e = Engine::open(o, s, &OpenOptions::default()).unwrap();
+    assert_eq!(e.recovery().groups_dropped, 1, "{:?}", e.recovery());
+    assert_eq!(e.snapshots()[0].preserved_blocks, 1);
+    assert!(e.check().unwrap().ok());
+}
+
+#[test]
+fn freed_slots_are_reused_so_the_store_does_not_grow() {
+    let (o, s) = mem(64);
+    let e = Engine::format(o, s.clone(), &OpenOptions::default()).unwrap();
+    for round in 0..20u8 {
+        e.create_snapshot("s").unwrap();
+        for b in 0..64u64 {
+            e.write(b * BS as u64, &block(round + 1)).unwrap();
+        }
+        e.delete_snapshot("s").unwrap();
+    }
+    let used = e.status().store_used_bytes;
+    let len = s.len().unwrap();
+    // Twenty rounds of 64 preserved blocks (and their journal) would need 2560 slots without
+    // reuse; with it, one round's data plus a bounded journal.
+    assert!(
+        len < (700 * BS) as u64,
+        "store grew to {len} bytes (used {used})"
+    );
+}
+
+#[test]
+fn a_full_store_refuses_the_write_keeps_every_snapshot_and_says_so() {
+    let (o, s) = mem(256);
+    let opts = OpenOptions {
+        max_store_bytes: Some(80 * BS as u64),
+        ..OpenOptions::default()
+    };
+    let e = Engine::format(o.clone(), s.clone(), &opts).unwrap();
+    for b in 0..256u64 {
+        e.write(b * BS as u64, &block(1)).unwrap();
+    }
+    e.create_snapshot("keep").unwrap();
+    let mut refused = None;
+    for b in 0..256u64 {
+        match e.write(b * BS as u64, &block(2)) {
+            Ok(()) => {}
+            Err(err) => {
+                refused = Some((b, err));
+                break;
+            }
+        }
+    }
+    let (at, err) = refused.expect("the store must fill up");
+    assert!(err.is_store_full(), "{err}");
+    assert!(err.to_string().contains("delete snapshots"), "{err}");
+    assert_eq!(err.errno(), libc_enospc());
+    assert!(e.status().store_full);
+    // The refused block still holds its old data, and the snapshot is whole.
+    let mut buf = vec![0u8; BS];
+    e.read(at * BS as u64, &mut buf).unwrap();
+    assert!(buf.iter().all(|&x| x == 1));
+    for b in 0..256u64 {
+        e.read_snapshot("keep", b * BS as u64, &mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == 1), "snapshot block {b}");
+    }
+    // Deleting the snapshot frees room; writes work again.
+    e.delete_snapshot("keep").unwrap();
+    e.create_snapshot("next").unwrap();
+    e.write(at * BS as u64, &block(2)).unwrap();
+    assert!(!e.status().store_full);
+    assert!(e.check().unwrap().ok());
+}
+
+fn libc_enospc() -> i32 {
+    28
+}
+
+#[test]
+fn a_store_is_refused_for_another_backing_file_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.img");
+    let b = dir.path().join("b.img");
+    let store = dir.path().join("a.store");
+    let opts = OpenOptions {
+        size: Some(1 << 20),
+        ..OpenOptions::default()
+    };
+    let e = Engine::open_files(&a, &store, &opts).unwrap();
+    e.create_snapshot("x").unwrap();
+    e.close().unwrap();
+    let before = std::fs::read(&store).unwrap();
+    std::fs::write(&b, vec![0u8; 1 << 20]).unwrap();
+    let err = Engine::open_files(&b, &store, &OpenOptions::default())
+        .err()
+        .expect("wrong store accepted");
+    assert!(matches!(err, Error::WrongOrigin { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("a.img") && msg.contains("b.img"), "{msg}");
+    assert_eq!(std::fs::read(&store).unwrap(), before, "store changed");
+    // The right origin still opens.
+    Engine::open_files(&a, &store, &OpenOptions::default()).unwrap();
+}
+
+#[test]
+fn a_missing_backing_file_without_size_is_a_clear_error_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("nope.img");
+    let s = dir.path().join("nope.store");
+    let err = Engine::open_files(&a, &s, &OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!s.exists() && !a.exists());
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.img");
+    let s = dir.path().join("junk");
+    std::fs::write(&a, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&s, vec![7u8; 1 << 16]).unwrap();
+    let err = Engine::open_files(&a, &s, &OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::NotAStore { .. }), "{err}");
+}
+
+#[test]
+fn files_with_direct_io_work_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.img");
+    let s = dir.path().join("a.store");
+    let opts = OpenOptions {
+        size: Some(1 << 20),
+        direct_io: FileDev::create(&dir.path().join("probe"), true).is_ok(),
+        ..OpenOptions::default()
+    };
+    let e = Engine::open_files(&a, &s, &opts).unwrap();
+    e.write(100, b"hello").unwrap();
+    e.create_snapshot("one").unwrap();
+    e.write(100, b"world").unwrap();
+    let mut buf = [0u8; 5];
+    e.read_snapshot("one", 100, &mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    e.restore("one", &|_, _| {}).unwrap();
+    e.read(100, &mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    let out = dir.path().join("one.img");
+    e.export("one", &out, &|_, _| {}).unwrap();
+    let img = std::fs::read(&out).unwrap();
+    assert_eq!(img.len(), 1 << 20);
+    assert_eq!(&img[100..105], b"hello");
+    e.close().unwrap();
+}
+
+#[test]
+fn concurrent_writers_see_snapshots_as_consistent_cuts_and_share_commits() {
+    const THREADS: usize = 8;
+    let (o, s) = mem(THREADS);
+    let e = Arc::new(Engine::format(o, s, &OpenOptions::default()).unwrap());
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..THREADS).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (e, acked, stop) = (e.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut v = 0u64;
+                while !stop.load(Ordering::Relaxed) && v < 5000 {
+                    v += 1;
+                    let mut b = vec![0u8; BS];
+                    b[..8].copy_from_slice(&v.to_le_bytes());
+                    e.write((t * BS) as u64, &b).unwrap();
+                    acked[t].store(v, Ordering::Release);
+                }
+            })
+        })
+        .collect();
+    let mut cuts = Vec::new();
+    for i in 0..20 {
+        let lo: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Acquire)).collect();
+        let name = format!("c{i}");
+        e.create_snapshot(&name).unwrap();
+        // A write acknowledged after the snapshot returned started after it.
+        let hi: Vec<u64> = acked
+            .iter()
+            .map(|a| a.load(Ordering::Acquire) + 1)
+            .collect();
+        cuts.push((name, lo, hi));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    for (name, lo, hi) in cuts {
+        for t in 0..THREADS {
+            let mut b = [0u8; 8];
+            e.read_snapshot(&name, (t * BS) as u64, &mut b).unwrap();
+            let v = u64::from_le_bytes(b);
+            assert!(
+                lo[t] <= v && v <= hi[t],
+                "{name} thread {t}: {v} not in {}..={}",
+                lo[t],
+                hi[t]
+            );
+        }
+    }
+    let st = e.stats();
+    assert!(st.preserves >= 20, "{st:?}");
+    assert!(e.check().unwrap().ok());
+}
