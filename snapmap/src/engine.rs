@@ -1001,20 +1001,32 @@ impl Engine {
             slot = next_slots[i];
         }
         // 4. One write per contiguous stretch, one sync.
-        if let Err(e) = w.store.write_group(&blocks, &data) {
-            // The slots stay allocated (leaked until reopen): the group may be partly on disk,
-            // and reusing its slots in this epoch could let replay mistake it for a successor.
-            // After a failed sync the kernel may have dropped pages: stop taking writes.
-            self.fail(e.to_string());
-            let msg = e.to_string();
+        if let Err(ge) = w.store.write_group(&blocks, &data) {
+            // What reached the store is unknown (a failed write may have left the group's
+            // journal block in place; a failed sync may have dropped pages). Serving on would
+            // let the in-memory index and the disk disagree, so stop taking writes: reopening
+            // (`snapblk recover`) replays the journal and makes the disk the authority again.
+            let (crate::store::GroupError::Write(err) | crate::store::GroupError::Sync(err)) = ge;
+            self.fail(err.to_string());
+            let no_space = matches!(&err, Error::Io { source, .. }
+                if matches!(source.raw_os_error(), Some(28) | Some(27)));
+            let ix = read_lock(&self.index);
             for (t, _, _) in accepted {
-                results.push((
-                    t,
-                    Err(Error::Failed {
+                let e = if no_space {
+                    self.store_full.store(true, Ordering::Release);
+                    add(&self.counters.store_full, 1);
+                    Error::StoreFull {
                         store: self.store_name.clone(),
-                        reason: msg.clone(),
-                    }),
-                ));
+                        used_bytes: ix.alloc.used() * self.bs as u64,
+                        capacity_bytes: self.store_dev.len().unwrap_or(0),
+                    }
+                } else {
+                    Error::Failed {
+                        store: self.store_name.clone(),
+                        reason: err.to_string(),
+                    }
+                };
+                results.push((t, Err(e)));
             }
             return results;
         }
@@ -1088,8 +1100,16 @@ impl Engine {
             }
             Ok(false) => {}
             Err(ref e) => {
-                if let Error::Io { .. } = e {
+                if let Error::Io { source, .. } = e {
                     self.fail(e.to_string());
+                    if matches!(source.raw_os_error(), Some(28) | Some(27)) {
+                        self.store_full.store(true, Ordering::Release);
+                        return Err(Error::StoreFull {
+                            store: self.store_name.clone(),
+                            used_bytes: ix.alloc.used() * self.bs as u64,
+                            capacity_bytes: self.store_dev.len().unwrap_or(0),
+                        });
+                    }
                 }
             }
         }

@@ -326,7 +326,9 @@ impl Index {
                         _ => self.alloc.free(r.slot),
                     }
                 }
-                if matches!(self.restore, Some((t, _)) if t == *id) {
+                // An unfinished restore needs both its target and its pre-restore snapshot;
+                // without either it is abandoned (re-running takes a new pre-restore snapshot).
+                if matches!(self.restore, Some((t, p)) if t == *id || p == *id) {
                     self.restore = None;
                 }
             }

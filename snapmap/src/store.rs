@@ -36,6 +36,15 @@ pub struct Recovery {
     pub torn_tail: bool,
 }
 
+/// How writing a commit group failed.
+#[derive(Debug)]
+pub enum GroupError {
+    /// A write failed; nothing was synced, the previous state is intact.
+    Write(Error),
+    /// The sync failed: what reached the disk is unknown.
+    Sync(Error),
+}
+
 /// An open store device and its current superblock.
 pub struct Store {
     dev: Arc<dyn BlockDev>,
@@ -346,7 +355,21 @@ impl Store {
     /// Writes one commit group: `blocks` (journal blocks in order, each with its slot) and
     /// `data` (preserved blocks, each with its slot), then one sync. Contiguous slots go out in
     /// one write.
-    pub fn write_group(&self, blocks: &[(u64, JournalBlock)], data: &[(u64, &[u8])]) -> Result<()> {
+    pub fn write_group(
+        &self,
+        blocks: &[(u64, JournalBlock)],
+        data: &[(u64, &[u8])],
+    ) -> std::result::Result<(), GroupError> {
+        self.write_group_unsynced(blocks, data)
+            .map_err(GroupError::Write)?;
+        self.sync().map_err(GroupError::Sync)
+    }
+
+    fn write_group_unsynced(
+        &self,
+        blocks: &[(u64, JournalBlock)],
+        data: &[(u64, &[u8])],
+    ) -> Result<()> {
         let bs = self.sb.block_size as usize;
         let mut items: Vec<(u64, usize)> = Vec::with_capacity(blocks.len() + data.len());
         let mut encoded = AlignedBuf::zeroed(bs * blocks.len());
@@ -389,7 +412,7 @@ impl Store {
             }
             i = j;
         }
-        self.sync()
+        Ok(())
     }
 
     /// Syncs the store device.

@@ -331,8 +331,9 @@ fn files_with_direct_io_work_end_to_end() {
 }
 
 #[test]
-fn concurrent_writers_see_snapshots_as_consistent_cuts_and_share_commits() {
+fn concurrent_writers_see_snapshots_as_consistent_cuts() {
     const THREADS: usize = 8;
+    const SNAPS: usize = 20;
     let (o, s) = mem(THREADS);
     let e = Arc::new(Engine::format(o, s, &OpenOptions::default()).unwrap());
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..THREADS).map(|_| AtomicU64::new(0)).collect());
@@ -342,7 +343,7 @@ fn concurrent_writers_see_snapshots_as_consistent_cuts_and_share_commits() {
             let (e, acked, stop) = (e.clone(), acked.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut v = 0u64;
-                while !stop.load(Ordering::Relaxed) && v < 5000 {
+                while !stop.load(Ordering::Relaxed) && v < 10_000_000 {
                     v += 1;
                     let mut b = vec![0u8; BS];
                     b[..8].copy_from_slice(&v.to_le_bytes());
@@ -353,7 +354,7 @@ fn concurrent_writers_see_snapshots_as_consistent_cuts_and_share_commits() {
         })
         .collect();
     let mut cuts = Vec::new();
-    for i in 0..20 {
+    for i in 0..SNAPS {
         let lo: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Acquire)).collect();
         let name = format!("c{i}");
         e.create_snapshot(&name).unwrap();
@@ -362,8 +363,18 @@ fn concurrent_writers_see_snapshots_as_consistent_cuts_and_share_commits() {
             .iter()
             .map(|a| a.load(Ordering::Acquire) + 1)
             .collect();
+        // Let every thread write after this snapshot before taking the next, so each interval
+        // has a first write (a preserve) from every thread.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while acked
+            .iter()
+            .zip(&hi)
+            .any(|(a, h)| a.load(Ordering::Acquire) <= *h)
+        {
+            assert!(std::time::Instant::now() < deadline, "writers stalled");
+            std::thread::yield_now();
+        }
         cuts.push((name, lo, hi));
-        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -382,7 +393,63 @@ fn concurrent_writers_see_snapshots_as_consistent_cuts_and_share_commits() {
             );
         }
     }
-    let st = e.stats();
-    assert!(st.preserves >= 20, "{st:?}");
+    assert_eq!(e.stats().preserves, (SNAPS * THREADS) as u64);
     assert!(e.check().unwrap().ok());
+}
+
+/// A store whose sync takes a while, like a real disk's cache flush.
+struct SlowSync(Arc<dyn BlockDev>);
+
+impl BlockDev for SlowSync {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+        self.0.write_at(buf, off)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        self.0.sync()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn can_grow(&self) -> bool {
+        true
+    }
+    fn name(&self) -> String {
+        "slow".into()
+    }
+}
+
+#[test]
+fn concurrent_first_writes_share_one_commit_group() {
+    const THREADS: usize = 16;
+    let o: Arc<dyn BlockDev> = Arc::new(MemDev::new("o", (THREADS * BS) as u64, false));
+    let s: Arc<dyn BlockDev> = Arc::new(SlowSync(Arc::new(MemDev::new("s", 0, true))));
+    let e = Arc::new(Engine::format(o, s, &OpenOptions::default()).unwrap());
+    e.create_snapshot("a").unwrap();
+    let before = e.stats().commit_groups;
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+    let hs: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (e, barrier) = (e.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                e.write((t * BS) as u64, &block(7)).unwrap();
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let st = e.stats();
+    assert_eq!(st.preserves, THREADS as u64);
+    // While the first group syncs (20 ms), the others queue up and go out together.
+    let groups = st.commit_groups - before;
+    assert!(
+        groups <= 4,
+        "{THREADS} preserves took {groups} commit groups: {st:?}"
+    );
+    assert!(st.max_group_requests >= 4, "{st:?}");
 }

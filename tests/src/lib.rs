@@ -1,1 +1,3 @@
-//! Shared helpers for snapblk's cross-crate tests.
+//! Shared helpers for snapblk's cross-crate tests: a crash-simulating disk and friends.
+
+pub mod faultdisk;

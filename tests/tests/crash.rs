@@ -1,0 +1,552 @@
+//! Crash consistency: cut the power at every write/sync of short workloads (exhaustive) and at
+//! random points of long ones, let the disks keep any subset of their unsynced writes (torn at
+//! sector granularity), reopen, and check the invariants:
+//!   1. every write acknowledged before the last completed flush is present (and nothing that
+//!      was never written appears);
+//!   2. every snapshot whose creation returned reads back exactly as it was taken;
+//!   3. the store opens, recovers, and passes the consistency check;
+//!   4. an interrupted restore, re-run, ends in exactly the snapshot's image.
+//!
+//! Then work continues on the recovered disks and the power is cut again, which exercises
+//! recovery on top of a previously torn journal.
+//!
+//! A failure prints the seed and crash point; `CRASH_REPLAY=seed:point cargo test -p
+//! snapblk-tests --test crash replay -- --nocapture` replays exactly that case.
+
+use std::sync::Arc;
+
+use fixtures::Rng;
+use snapblk_tests::faultdisk::{CrashDisk, Fault, PowerDomain, SECTOR};
+use snapmap::{BlockDev, Engine, Error, MemDev, OpenOptions};
+
+const BS: usize = 4096;
+const BLOCKS: usize = 12;
+const SIZE: usize = BS * BLOCKS;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write { off: usize, len: usize, seed: u64 },
+    Zero { off: usize, len: usize },
+    Flush,
+    Snapshot,
+    Delete(u64),
+    Restore(u64),
+    Checkpoint,
+}
+
+fn gen_ops(rng: &mut Rng, n: usize) -> Vec<Op> {
+    (0..n)
+        .map(|_| match rng.below(20) {
+            0..=7 => {
+                let off = if rng.below(2) == 0 {
+                    rng.below(BLOCKS as u64) as usize * BS
+                } else {
+                    rng.below(SIZE as u64) as usize
+                };
+                let len = (1 + rng.below(2 * BS as u64) as usize).min(SIZE - off);
+                Op::Write {
+                    off,
+                    len,
+                    seed: rng.next_u64(),
+                }
+            }
+            8 => {
+                let off = rng.below(BLOCKS as u64) as usize * BS;
+                Op::Zero {
+                    off,
+                    len: (BS * (1 + rng.below(2) as usize)).min(SIZE - off),
+                }
+            }
+            9..=10 => Op::Flush,
+            11..=13 => Op::Snapshot,
+            14..=15 => Op::Delete(rng.next_u64()),
+            16..=17 => Op::Restore(rng.next_u64()),
+            _ => Op::Checkpoint,
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Certainty {
+    Sure,
+    Maybe,
+}
+
+#[derive(Clone, Debug)]
+struct Snap {
+    name: String,
+    image: Vec<u8>,
+    certainty: Certainty,
+}
+
+/// What the disks may hold. Each sector may hold any value it had since the last completed
+/// flush (the first candidate is its flushed value).
+#[derive(Clone, Debug)]
+struct Model {
+    live: Vec<u8>,
+    cands: Vec<Vec<Vec<u8>>>,
+    snaps: Vec<Snap>,
+    counter: u64,
+    /// A restore that did not return: (target, image before it).
+    restore: Option<(String, Vec<u8>)>,
+}
+
+impl Model {
+    fn new() -> Self {
+        let live = vec![0u8; SIZE];
+        let mut m = Model {
+            cands: Vec::new(),
+            live,
+            snaps: Vec::new(),
+            counter: 0,
+            restore: None,
+        };
+        m.flushed();
+        m
+    }
+
+    fn flushed(&mut self) {
+        self.cands = self.live.chunks(SECTOR).map(|c| vec![c.to_vec()]).collect();
+    }
+
+    /// The live image now holds `data` at `off` (or may, when the write did not return).
+    fn wrote(&mut self, off: usize, data: &[u8], sure: bool) {
+        let mut next = self.live.clone();
+        next[off..off + data.len()].copy_from_slice(data);
+        for s in off / SECTOR..(off + data.len()).div_ceil(SECTOR) {
+            let v = next[s * SECTOR..(s + 1) * SECTOR].to_vec();
+            if !self.cands[s].contains(&v) {
+                self.cands[s].push(v);
+            }
+        }
+        if sure {
+            self.live = next;
+        }
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    // Few distinct values, so that identical-write skipping is exercised too.
+    let v = (seed % 5) as u8;
+    (0..len).map(|i| v.wrapping_add((i / 1000) as u8)).collect()
+}
+
+fn opts() -> OpenOptions {
+    OpenOptions {
+        checkpoint_every: 5,
+        csum_entries: 16,
+        ..OpenOptions::default()
+    }
+}
+
+/// Runs `ops` on `e`, keeping `m` in step; stops at the first error (the power cut or an
+/// injected fault) and records that operation's possible effects. Returns how many ops ran
+/// (the failed one included) and the error.
+fn run_ops(e: &Engine, m: &mut Model, ops: &[Op]) -> (usize, Option<Error>) {
+    for (i, op) in ops.iter().enumerate() {
+        let r: Result<(), Error> = match op {
+            Op::Write { off, len, seed } => {
+                let data = pattern(*seed, *len);
+                let r = e.write(*off as u64, &data);
+                m.wrote(*off, &data, r.is_ok());
+                r
+            }
+            Op::Zero { off, len } => {
+                let r = e.discard(*off as u64, *len as u64);
+                m.wrote(*off, &vec![0u8; *len], r.is_ok());
+                r
+            }
+            Op::Flush => e.flush().map(|_| m.flushed()),
+            Op::Snapshot => {
+                m.counter += 1;
+                let name = format!("s{}", m.counter);
+                let r = e.create_snapshot(&name);
+                m.snaps.push(Snap {
+                    name,
+                    image: m.live.clone(),
+                    certainty: if r.is_ok() {
+                        Certainty::Sure
+                    } else {
+                        Certainty::Maybe
+                    },
+                });
+                if r.is_ok() {
+                    m.flushed();
+                }
+                r.map(|_| ())
+            }
+            Op::Delete(k) => {
+                if m.snaps.is_empty() {
+                    Ok(())
+                } else {
+                    let i = (*k % m.snaps.len() as u64) as usize;
+                    let r = e.delete_snapshot(&m.snaps[i].name);
+                    match &r {
+                        Ok(()) => {
+                            m.snaps.remove(i);
+                        }
+                        Err(_) => m.snaps[i].certainty = Certainty::Maybe,
+                    }
+                    r
+                }
+            }
+            Op::Restore(k) => {
+                let sure: Vec<usize> = (0..m.snaps.len())
+                    .filter(|&i| m.snaps[i].certainty == Certainty::Sure)
+                    .collect();
+                if sure.is_empty() {
+                    Ok(())
+                } else {
+                    let i = sure[(*k % sure.len() as u64) as usize];
+                    let target = m.snaps[i].clone();
+                    let before = m.live.clone();
+                    match e.restore(&target.name, &|_, _| {}) {
+                        Ok(rep) => {
+                            m.restore = None;
+                            // A resumed restore reuses the pre-restore snapshot it took first.
+                            if !m.snaps.iter().any(|s| s.name == rep.pre_restore) {
+                                m.snaps.push(Snap {
+                                    name: rep.pre_restore,
+                                    image: before,
+                                    certainty: Certainty::Sure,
+                                });
+                            }
+                            m.live = target.image.clone();
+                            m.flushed();
+                            Ok(())
+                        }
+                        Err(err) => {
+                            // Any block may hold the target's bytes now.
+                            let img = target.image.clone();
+                            m.wrote(0, &img, false);
+                            // A pre-restore snapshot the engine lists was committed.
+                            for sn in e.snapshots() {
+                                if !m.snaps.iter().any(|x| x.name == sn.name) {
+                                    m.snaps.push(Snap {
+                                        name: sn.name,
+                                        image: before.clone(),
+                                        certainty: Certainty::Sure,
+                                    });
+                                }
+                            }
+                            m.restore = Some((target.name, before));
+                            Err(err)
+                        }
+                    }
+                }
+            }
+            Op::Checkpoint => e.checkpoint().map(|_| ()),
+        };
+        if let Err(err) = r {
+            return (i + 1, Some(err));
+        }
+    }
+    (ops.len(), None)
+}
+
+/// A snapshot the model does not know may only be the pre-restore snapshot of a restore that
+/// did not return; it must hold the image from before that restore.
+fn adopt_pre_restore(e: &Engine, m: &mut Model, ctx: &str) {
+    let mut buf = vec![0u8; SIZE];
+    for n in e.snapshots().into_iter().map(|s| s.name) {
+        if !m.snaps.iter().any(|s| s.name == n) {
+            let (_, before) = m
+                .restore
+                .as_ref()
+                .unwrap_or_else(|| panic!("{ctx}: unknown snapshot {n} appeared"));
+            assert!(n.starts_with("pre-restore-"), "{ctx}: unknown snapshot {n}");
+            e.read_snapshot(&n, 0, &mut buf).unwrap();
+            assert!(
+                &buf == before,
+                "{ctx}: pre-restore snapshot {n} is not the image before the restore"
+            );
+            m.snaps.push(Snap {
+                name: n,
+                image: before.clone(),
+                certainty: Certainty::Sure,
+            });
+        }
+    }
+}
+
+/// Reopens the disks after a power cut and checks every invariant; leaves `m` describing the
+/// recovered state exactly and returns the recovered disk images.
+fn recover_and_verify(
+    origin: Vec<u8>,
+    store: Vec<u8>,
+    m: &mut Model,
+    ctx: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    let o = Arc::new(MemDev::new("origin", 0, true));
+    o.write_at(&origin, 0).unwrap();
+    let s = Arc::new(MemDev::new("store", 0, true));
+    s.write_at(&store, 0).unwrap();
+    let od: Arc<dyn BlockDev> = o.clone();
+    let sd: Arc<dyn BlockDev> = s.clone();
+    let e = match Engine::open(od, sd, &opts()) {
+        Ok(e) => e,
+        Err(err) => panic!("{ctx}: store does not reopen after the crash: {err}"),
+    };
+    let rep = e
+        .check()
+        .unwrap_or_else(|err| panic!("{ctx}: check failed to run: {err}"));
+    assert!(rep.ok(), "{ctx}: check found {:?}", rep.problems);
+    assert_eq!(rep.unreferenced_slots, 0, "{ctx}: slots leaked");
+    // Invariant 1: the live image.
+    let mut live = vec![0u8; SIZE];
+    e.read(0, &mut live).unwrap();
+    for (i, c) in live.chunks(SECTOR).enumerate() {
+        assert!(
+            m.cands[i].iter().any(|v| v == c),
+            "{ctx}: sector {i} holds bytes that were never written there since the last flush"
+        );
+    }
+    // Invariant 2: snapshots.
+    let names: Vec<String> = e.snapshots().into_iter().map(|s| s.name).collect();
+    let mut buf = vec![0u8; SIZE];
+    m.snaps.retain(|sn| {
+        let exists = names.contains(&sn.name);
+        assert!(
+            exists || sn.certainty == Certainty::Maybe,
+            "{ctx}: snapshot {} lost",
+            sn.name
+        );
+        if exists {
+            e.read_snapshot(&sn.name, 0, &mut buf).unwrap();
+            assert!(buf == sn.image, "{ctx}: snapshot {} changed", sn.name);
+        }
+        exists
+    });
+    adopt_pre_restore(&e, m, ctx);
+    m.live = live.clone();
+    // Invariant 4: an interrupted restore, re-run, lands exactly.
+    if let Some((target, _)) = m.restore.take() {
+        if let Some(t) = m.snaps.iter().find(|s| s.name == target).cloned() {
+            let before = m.live.clone();
+            let rep = e
+                .restore(&target, &|_, _| {})
+                .unwrap_or_else(|err| panic!("{ctx}: re-running the restore failed: {err}"));
+            e.read(0, &mut live).unwrap();
+            assert!(
+                live == t.image,
+                "{ctx}: re-run restore did not produce {target}"
+            );
+            if !m.snaps.iter().any(|s| s.name == rep.pre_restore) {
+                m.snaps.push(Snap {
+                    name: rep.pre_restore,
+                    image: before,
+                    certainty: Certainty::Sure,
+                });
+            }
+            m.live = live.clone();
+            let rep = e.check().unwrap();
+            assert!(
+                rep.ok(),
+                "{ctx}: check after re-run restore: {:?}",
+                rep.problems
+            );
+        }
+    }
+    m.flushed();
+    drop(e);
+    (o.contents(), s.contents())
+}
+
+/// One round on disks `images` (None: format new ones): run `ops` with the power failing at
+/// mutating operation `crash_at`, then cut power and take what survives.
+fn round(
+    images: Option<(Vec<u8>, Vec<u8>)>,
+    m: &mut Model,
+    ops: &[Op],
+    crash_at: Option<u64>,
+    rng: &mut Rng,
+) -> (Vec<u8>, Vec<u8>, u64) {
+    let power = PowerDomain::new(crash_at);
+    let (oi, si) = images.unwrap_or((vec![0u8; SIZE], Vec::new()));
+    let o = Arc::new(CrashDisk::new("origin", &power, oi, false));
+    let s = Arc::new(CrashDisk::new("store", &power, si, true));
+    let od: Arc<dyn BlockDev> = o.clone();
+    let sd: Arc<dyn BlockDev> = s.clone();
+    let fresh = m.snaps.is_empty() && s.len().unwrap_or(0) == 0;
+    let opened = if fresh {
+        Engine::format(od, sd, &opts())
+    } else {
+        Engine::open(od, sd, &opts())
+    };
+    if let Ok(e) = opened {
+        let _ = run_ops(&e, m, ops);
+    } else if fresh {
+        // Power failed while formatting: nothing was ever acknowledged.
+        return (vec![0u8; SIZE], Vec::new(), power.ops());
+    }
+    (o.after_power_cut(rng), s.after_power_cut(rng), power.ops())
+}
+
+fn case(seed: u64, crash_at: u64, ops_per_round: usize) {
+    let ctx = format!("seed {seed} crash point {crash_at} (replay: CRASH_REPLAY={seed}:{crash_at}:{ops_per_round})");
+    let mut rng = Rng::new(seed);
+    let ops1 = gen_ops(&mut rng, ops_per_round);
+    let ops2 = gen_ops(&mut rng, ops_per_round);
+    let mut cut = Rng::new(seed ^ crash_at.wrapping_mul(0x9E37));
+    let mut m = Model::new();
+    let (o, s, n) = round(None, &mut m, &ops1, Some(crash_at), &mut cut);
+    if s.is_empty() {
+        return;
+    }
+    let (o, s) = recover_and_verify(o, s, &mut m, &format!("{ctx}, after the first cut"));
+    let second = cut.below(2 * n.max(1) + 1);
+    let (o, s, _) = round(Some((o, s)), &mut m, &ops2, Some(second), &mut cut);
+    recover_and_verify(
+        o,
+        s,
+        &mut m,
+        &format!("{ctx}, after the second cut at {second}"),
+    );
+}
+
+fn ops_in_first_round(seed: u64, ops_per_round: usize) -> u64 {
+    let mut rng = Rng::new(seed);
+    let ops1 = gen_ops(&mut rng, ops_per_round);
+    let mut m = Model::new();
+    round(None, &mut m, &ops1, None, &mut Rng::new(0)).2
+}
+
+#[test]
+fn every_crash_point_of_short_workloads() {
+    let seeds: u64 = std::env::var("CRASH_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let mut points = 0u64;
+    for seed in 0..seeds {
+        let n = ops_in_first_round(seed, 10);
+        for k in 0..=n {
+            case(seed, k, 10);
+            points += 1;
+        }
+    }
+    eprintln!("exhaustive: {points} crash points over {seeds} workloads");
+    assert!(points >= 6000, "only {points} crash points");
+}
+
+#[test]
+fn random_crash_points_of_long_workloads() {
+    let cases: u64 = std::env::var("CRASH_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    for i in 0..cases {
+        let seed = 1_000_000 + i;
+        let n = ops_in_first_round(seed, 60);
+        let k = Rng::new(seed).below(n + 1);
+        case(seed, k, 60);
+    }
+    eprintln!("random: {cases} crash points on 60-operation workloads");
+}
+
+#[test]
+fn replay() {
+    let Ok(spec) = std::env::var("CRASH_REPLAY") else {
+        return;
+    };
+    let v: Vec<u64> = spec.split(':').filter_map(|x| x.parse().ok()).collect();
+    assert_eq!(v.len(), 3, "CRASH_REPLAY=seed:point:ops");
+    case(v[0], v[1], v[2] as usize);
+}
+
+/// Injected I/O errors (EIO on writes and syncs of either disk, ENOSPC on the store) surface as
+/// errors and never corrupt a snapshot; after a failed sync the engine refuses writes until
+/// reopened, and reopening recovers.
+#[test]
+fn injected_io_errors_surface_and_never_corrupt_a_snapshot() {
+    let mut surfaced = 0;
+    let mut reopened = 0;
+    for seed in 0..400u64 {
+        let ctx = format!("fault seed {seed}");
+        let mut rng = Rng::new(seed);
+        let ops = gen_ops(&mut rng, 40);
+        let total = {
+            let mut m = Model::new();
+            round(None, &mut m, &ops, None, &mut Rng::new(0)).2
+        };
+        let power = PowerDomain::new(None);
+        let at = rng.below(total.max(1));
+        let (disk, fault) = match rng.below(3) {
+            0 => ("origin", Fault::Eio),
+            1 => ("store", Fault::Eio),
+            _ => ("store", Fault::NoSpace),
+        };
+        power.inject(at, disk, fault);
+        let o = Arc::new(CrashDisk::new("origin", &power, vec![0u8; SIZE], false));
+        let s = Arc::new(CrashDisk::new("store", &power, Vec::new(), true));
+        let od: Arc<dyn BlockDev> = o.clone();
+        let sd: Arc<dyn BlockDev> = s.clone();
+        let Ok(mut e) = Engine::format(od.clone(), sd.clone(), &opts()) else {
+            continue;
+        };
+        let mut m = Model::new();
+        let mut surfaced_here = 0;
+        let mut rest: &[Op] = &ops;
+        while !rest.is_empty() {
+            let (ran, err) = run_ops(&e, &mut m, rest);
+            rest = &rest[ran..];
+            let Some(err) = err else { break };
+            surfaced += 1;
+            if surfaced_here == 0 && fault == Fault::NoSpace && !matches!(err, Error::Failed { .. })
+            {
+                assert!(
+                    err.is_store_full(),
+                    "{ctx}: ENOSPC on the store surfaced as {err}"
+                );
+            }
+            surfaced_here += 1;
+            if matches!(err, Error::Failed { .. }) || e.status().failed.is_some() {
+                // A failed sync: the engine must refuse writes until reopened.
+                assert!(
+                    e.write(0, &[1u8; 512]).is_err(),
+                    "{ctx}: write accepted after a failed sync"
+                );
+                drop(e);
+                reopened += 1;
+                e = Engine::open(od.clone(), sd.clone(), &opts())
+                    .unwrap_or_else(|err| panic!("{ctx}: reopen after a failed sync: {err}"));
+            }
+            // A failed snapshot operation may or may not have happened: what the (reopened,
+            // if the store failed) engine lists is now the truth. Snapshots must all be whole.
+            let names: Vec<String> = e.snapshots().into_iter().map(|s| s.name).collect();
+            let mut buf = vec![0u8; SIZE];
+            m.snaps.retain_mut(|sn| {
+                let exists = names.contains(&sn.name);
+                assert!(
+                    exists || sn.certainty == Certainty::Maybe,
+                    "{ctx}: snapshot {} lost",
+                    sn.name
+                );
+                if exists {
+                    e.read_snapshot(&sn.name, 0, &mut buf).unwrap();
+                    assert!(buf == sn.image, "{ctx}: snapshot {} changed", sn.name);
+                }
+                sn.certainty = Certainty::Sure;
+                exists
+            });
+            adopt_pre_restore(&e, &mut m, &ctx);
+            // The failed operation's blocks are uncertain: adopt what is there, after checking
+            // the model allows it, so the model is exact again.
+            let mut live = vec![0u8; SIZE];
+            e.read(0, &mut live).unwrap();
+            for (i, c) in live.chunks(SECTOR).enumerate() {
+                assert!(
+                    m.cands[i].iter().any(|v| v == c),
+                    "{ctx}: sector {i} after a fault"
+                );
+            }
+            m.live = live;
+        }
+        drop(e);
+        // No power cut: the disks keep everything, cached or not.
+        let (o_img, s_img) = (o.current(), s.current());
+        recover_and_verify(o_img, s_img, &mut m, &ctx);
+    }
+    eprintln!("faults: {surfaced} surfaced as errors, {reopened} needed a reopen");
+    assert!(surfaced > 200, "only {surfaced} injected faults surfaced");
+}
