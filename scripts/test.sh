@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole snapblk test suite, from a fresh clone: installs what it needs (apt packages, the
+# VM kernel, Garage), then runs unit, model, crash and integration tests, the fuzz smoke run and
+# the VM end-to-end scenarios. Idempotent: installed pieces are cached and skipped.
+#
+#   scripts/test.sh            everything (what CI runs)
+#   scripts/test.sh quick      host tests only (no VM, no Garage install)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+mode=${1:-full}
+
+started=$SECONDS
+stage() { printf '\n==> %s (%ss elapsed)\n' "$*" "$((SECONDS - started))"; }
+
+# cargo installed by rustup lives in ~/.cargo/bin, which a non-login shell may lack.
+export PATH="$HOME/.cargo/bin:$PATH"
+
+stage "dependencies"
+if [[ $mode == full ]]; then
+    scripts/deps.sh vm
+    scripts/garage.sh ensure
+else
+    scripts/deps.sh
+fi
+
+stage "build (release)"
+cargo build --release --workspace --all-targets
+
+stage "host tests: unit, model, crash, integration"
+cargo test --release --workspace
+
+if [[ $mode == full ]]; then
+    stage "VM end-to-end scenarios"
+    tests/vm/run.sh
+fi
+
+stage "done in $((SECONDS - started))s"
