@@ -728,13 +728,24 @@ impl Engine {
             n,
             newest,
             need,
-            old: AlignedBuf::zeroed(n * self.bs as usize),
+            // Allocated on the first read: a plain overwrite never needs it.
+            old: AlignedBuf::zeroed(0),
             have_old: vec![false; n],
+        }
+    }
+
+    fn ensure_old(&self, run: &mut Run) {
+        if run.old.is_empty() {
+            run.old = AlignedBuf::zeroed(run.n * self.bs as usize);
         }
     }
 
     fn read_old(&self, run: &mut Run, want: &[bool]) -> Result<()> {
         let pick: Vec<bool> = (0..run.n).map(|i| want[i] && !run.have_old[i]).collect();
+        if !pick.contains(&true) {
+            return Ok(());
+        }
+        self.ensure_old(run);
         let got = self.read_origin_where(run.b0, &pick, |&p| p, &mut run.old)?;
         add(&self.counters.compare_reads, got);
         for (have, p) in run.have_old.iter_mut().zip(&pick) {
@@ -1359,7 +1370,6 @@ impl Engine {
         let mut data = AlignedBuf::zeroed(n as usize * bs);
         // Blocks with no preserved copy already hold the snapshot's bytes in the origin.
         let origin_blocks = self.read_origin_where(b0, &refs, |r| r.is_none(), &mut data)?;
-        let _ = origin_blocks;
         for (i, r) in refs.iter().enumerate() {
             if let Some(r) = r {
                 self.read_slot(*r, &mut data[i * bs..(i + 1) * bs], b0 + i as u64)?;
@@ -1367,6 +1377,9 @@ impl Engine {
         }
         let before = self.counters.blocks_written.load(Ordering::Relaxed);
         // Refs of None read the origin into `data`; mark them as known-equal so they are skipped.
+        if origin_blocks > 0 {
+            self.ensure_old(&mut run);
+        }
         for (i, r) in refs.iter().enumerate() {
             if r.is_none() {
                 run.old[i * bs..(i + 1) * bs].copy_from_slice(&data[i * bs..(i + 1) * bs]);
