@@ -1,0 +1,211 @@
+# Shared helpers for VM scenarios. Source it first:
+#     source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# then run steps and end with `finish`, which prints the "N passed, M failed" line CI
+# counts and exits non-zero when a step failed.
+#
+# Environment given by the harness (guest and host mode alike):
+#   VM_SCRATCH      writable scratch directory (guest: tmpfs /tmp)
+#   SNAPBLK_BIN     the snapblk binary, when one was built (unset otherwise)
+#   SNAPBLK_REPO    repository root as seen by the scenario
+#   SNAPBLK_VM_GUEST  1 inside the VM, 0 in host mode
+#   VM_VERBOSE=1    show every step's output, not only failing ones
+# shellcheck shell=bash
+
+set -uo pipefail
+# Full paths win over any same-named busybox applet.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+: "${VM_SCRATCH:=${TMPDIR:-/tmp}}"
+
+T_PASSED=0
+T_FAILED=0
+T_CLEANUP=()
+
+# Run cleanups (newest first) however the scenario ends, so host mode leaves no loop or
+# dm devices, mounts or daemons behind.
+_t_cleanup() {
+    local i
+    for ((i = ${#T_CLEANUP[@]} - 1; i >= 0; i--)); do
+        eval "${T_CLEANUP[i]}" >/dev/null 2>&1 || echo "# cleanup failed: ${T_CLEANUP[i]}"
+    done
+    T_CLEANUP=()
+}
+trap _t_cleanup EXIT
+
+# on_exit CMD...  register a cleanup command (words are quoted for a later eval).
+on_exit() {
+    local q
+    printf -v q '%q ' "$@"
+    T_CLEANUP+=("$q")
+}
+
+# step DESCRIPTION CMD [ARGS...]  run CMD in this shell (functions may set variables);
+# print "ok - DESCRIPTION" or "not ok - DESCRIPTION" plus the command's last output.
+# Returns CMD's status.
+step() {
+    local desc=$1 out rc start
+    shift
+    out=$(mktemp "$VM_SCRATCH/.step.XXXXXX")
+    start=$SECONDS
+    "$@" >"$out" 2>&1
+    rc=$?
+    if ((rc == 0)); then
+        T_PASSED=$((T_PASSED + 1))
+        echo "ok - $desc ($((SECONDS - start))s)"
+        [[ ${VM_VERBOSE:-0} == 1 ]] && sed 's/^/#   /' "$out"
+    else
+        T_FAILED=$((T_FAILED + 1))
+        echo "not ok - $desc (rc=$rc, $((SECONDS - start))s)"
+        echo "#   command: $*"
+        tail -n 40 "$out" | sed 's/^/#   /'
+    fi
+    rm -f "$out"
+    return "$rc"
+}
+
+# must DESCRIPTION CMD...  like step, but a failure ends the scenario (later steps would
+# only fail for the same reason).
+must() {
+    step "$@" && return 0
+    echo "# stopping: later steps depend on this one"
+    finish
+}
+
+# skip DESCRIPTION REASON  record a step that cannot run here (not counted as passed).
+skip() {
+    echo "ok - $1 # SKIP $2"
+}
+
+# note TEXT...  a comment line in the output.
+note() {
+    echo "# $*"
+}
+
+# finish  print the summary line and exit 0 only when no step failed.
+finish() {
+    echo "$T_PASSED passed, $T_FAILED failed"
+    ((T_FAILED == 0)) && exit 0
+    exit 1
+}
+
+# ---- deterministic data ------------------------------------------------------------
+
+# pattern_gen SEED FIRST_BLOCK COUNT [BS]  print COUNT blocks of BS bytes (default 4096)
+# whose text names the seed and the block number, so a block read back from the wrong
+# place, an old snapshot or another seed never matches.
+pattern_gen() {
+    local seed=$1 first=$2 count=$3 bs=${4:-4096}
+    awk -v seed="$seed" -v first="$first" -v count="$count" -v lines="$((bs / 64))" 'BEGIN {
+        for (b = first; b < first + count; b++)
+            for (l = 0; l < lines; l++)
+                printf "%-63s\n", "snapblk seed=" seed " block=" b " line=" l
+    }'
+}
+
+# pattern_write TARGET SEED FIRST_BLOCK COUNT [BS]  write the pattern at block FIRST_BLOCK
+# of a file or block device (O_DIRECT for devices, then fsync).
+pattern_write() {
+    local target=$1 seed=$2 first=$3 count=$4 bs=${5:-4096} flag=
+    [[ -b $target ]] && flag=oflag=direct
+    pattern_gen "$seed" "$first" "$count" "$bs" |
+        dd of="$target" bs="$bs" seek="$first" count="$count" iflag=fullblock conv=notrunc,fsync $flag status=none
+}
+
+# region_read TARGET FIRST_BLOCK COUNT [BS]  print those blocks (O_DIRECT for devices).
+region_read() {
+    local target=$1 first=$2 count=$3 bs=${4:-4096} flag=
+    [[ -b $target ]] && flag=iflag=direct
+    dd if="$target" bs="$bs" skip="$first" count="$count" $flag status=none
+}
+
+# pattern_check TARGET SEED FIRST_BLOCK COUNT [BS]  succeed when the region holds exactly
+# that pattern; otherwise name the first differing block.
+pattern_check() {
+    local target=$1 seed=$2 first=$3 count=$4 bs=${5:-4096} want got
+    want=$(pattern_gen "$seed" "$first" "$count" "$bs" | sha256sum | cut -d' ' -f1)
+    got=$(region_read "$target" "$first" "$count" "$bs" | sha256sum | cut -d' ' -f1)
+    [[ $want == "$got" ]] && return 0
+    local b
+    for ((b = first; b < first + count; b++)); do
+        if ! cmp -s <(pattern_gen "$seed" "$b" 1 "$bs") <(region_read "$target" "$b" 1 "$bs"); then
+            echo "pattern_check: $target block $b (bs $bs) is not seed=$seed; it starts with:"
+            region_read "$target" "$b" 1 "$bs" | head -c 64 | od -c | head -n 4
+            return 1
+        fi
+    done
+    echo "pattern_check: $target region sha256 $got != expected $want"
+    return 1
+}
+
+# sha256_of TARGET [FIRST_BLOCK COUNT [BS]]  sha256 of a whole file/device or a region.
+sha256_of() {
+    if (($# == 1)); then
+        local flag=
+        [[ -b $1 ]] && flag=iflag=direct
+        dd if="$1" bs=1M $flag status=none | sha256sum | cut -d' ' -f1
+    else
+        region_read "$@" | sha256sum | cut -d' ' -f1
+    fi
+}
+
+# expect_eq WHAT GOT WANT  succeed when equal, otherwise say what differed.
+expect_eq() {
+    [[ $2 == "$3" ]] && return 0
+    echo "$1: got '$2', want '$3'"
+    return 1
+}
+
+# ---- devices -----------------------------------------------------------------------
+
+# wait_for PATH [SECONDS]  wait (bounded, default 10 s) until PATH exists.
+wait_for() {
+    local path=$1 limit=${2:-10} i
+    for ((i = 0; i < limit * 10; i++)); do
+        [[ -e $path ]] && return 0
+        sleep 0.1
+    done
+    echo "wait_for: $path did not appear within ${limit}s"
+    return 1
+}
+
+# loop_attach VAR FILE  attach FILE to a loop device with direct I/O (util-linux losetup:
+# busybox's has no --direct-io), store the device in VAR, detach on exit.
+loop_attach() {
+    local __var=$1 file=$2 dev
+    dev=$(/usr/sbin/losetup --find --show --direct-io=on "$file") || return 1
+    on_exit /usr/sbin/losetup -d "$dev"
+    printf -v "$__var" '%s' "$dev"
+}
+
+# dm_create NAME TABLE  create a device-mapper device and its /dev/mapper node (no udev
+# here, so no udev sync and an explicit mknodes), remove it on exit.
+dm_create() {
+    local name=$1 table=$2
+    dmsetup create "$name" --noudevsync --table "$table" || return 1
+    on_exit dm_remove "$name"
+    dmsetup mknodes "$name" && wait_for "/dev/mapper/$name" 5
+}
+
+# dm_remove NAME  remove a device-mapper device if it exists.
+dm_remove() {
+    dmsetup info "$1" >/dev/null 2>&1 || return 0
+    dmsetup remove --noudevsync "$1" && dmsetup mknodes
+}
+
+# mount_at DEV DIR [MOUNT ARGS...]  mount and unmount on exit.
+mount_at() {
+    local dev=$1 dir=$2
+    shift 2
+    mkdir -p "$dir" && mount "$@" "$dev" "$dir" || return 1
+    on_exit umount_if_mounted "$dir"
+}
+
+# umount_if_mounted DIR
+umount_if_mounted() {
+    if mountpoint -q "$1"; then umount "$1"; fi
+}
+
+# snapblk_has COMMAND  succeed when the built snapblk knows COMMAND.
+snapblk_has() {
+    [[ -n ${SNAPBLK_BIN:-} && -x $SNAPBLK_BIN ]] || return 1
+    "$SNAPBLK_BIN" "$1" --help >/dev/null 2>&1
+}
