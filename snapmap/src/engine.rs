@@ -44,6 +44,10 @@ pub struct OpenOptions {
     pub csum_entries: usize,
     /// Journal blocks between checkpoints.
     pub checkpoint_every: u64,
+    /// A store file grows by at least this many bytes at a time (each growth costs a
+    /// superblock write; the space is reserved up front so that a full filesystem is noticed
+    /// before anything is written).
+    pub store_grow_bytes: u64,
 }
 
 impl Default for OpenOptions {
@@ -58,6 +62,7 @@ impl Default for OpenOptions {
             adopt_origin: false,
             csum_entries: 1 << 20,
             checkpoint_every: 4096,
+            store_grow_bytes: crate::store::GROW_STEP,
         }
     }
 }
@@ -406,7 +411,7 @@ impl Engine {
             )));
         }
         let ident = origin.identity().unwrap_or_default();
-        let (st, ix, pos) = Store::format(store.clone(), bs, size, ident)?;
+        let (st, ix, pos) = Store::format(store.clone(), bs, size, ident, opts.store_grow_bytes)?;
         Engine::assemble(origin, store, st, ix, pos, Recovery::default(), opts)
     }
 
@@ -455,12 +460,13 @@ impl Engine {
     fn assemble(
         origin: Arc<dyn BlockDev>,
         store_dev: Arc<dyn BlockDev>,
-        store: Store,
+        mut store: Store,
         mut ix: Index,
         pos: JournalPos,
         recovery: Recovery,
         opts: &OpenOptions,
     ) -> Result<Engine> {
+        store.set_grow_step(opts.store_grow_bytes);
         let sb = store.superblock().clone();
         let bs = sb.block_size;
         let mut limit = opts.max_store_bytes.map(|b| b / bs as u64);
@@ -992,6 +998,50 @@ impl Engine {
                 }
             }
         };
+        // Room on the device for every slot this group uses, reserved (and recorded) before
+        // any of them is written. Failing here changes nothing, so it only fails this group.
+        let highest = accepted
+            .iter()
+            .flat_map(|(_, _, s)| s.iter())
+            .chain(next_slots.iter())
+            .chain(std::iter::once(&w.pos.slot))
+            .copied()
+            .max()
+            .unwrap_or(0);
+        if let Err(ge) = w.store.ensure_slots(highest + 1) {
+            let err = match ge {
+                crate::store::GroupError::Sync(e) => {
+                    self.fail(e.to_string());
+                    e
+                }
+                crate::store::GroupError::Write(e) => e,
+            };
+            let mut ix = write_lock(&self.index);
+            for (_, _, slots) in &accepted {
+                for &s in slots {
+                    ix.alloc.free(s);
+                }
+            }
+            for &s in &next_slots {
+                ix.alloc.free(s);
+            }
+            let no_space = matches!(&err, Error::Io { source, .. }
+                if matches!(source.raw_os_error(), Some(28) | Some(27)));
+            for (t, _, _) in accepted {
+                let e = if no_space {
+                    self.store_full.store(true, Ordering::Release);
+                    add(&self.counters.store_full, 1);
+                    self.store_full_error(&ix)
+                } else {
+                    Error::io(
+                        format!("grow store {}", self.store_name),
+                        std::io::Error::other(err.to_string()),
+                    )
+                };
+                results.push((t, Err(e)));
+            }
+            return results;
+        }
         let mut blocks = Vec::with_capacity(k);
         let mut slot = w.pos.slot;
         for (i, g) in groups.into_iter().enumerate() {
@@ -1231,6 +1281,17 @@ impl Engine {
             None => ix.snaps.len(),
         };
         Ok(ix.union(a.min(b), a.max(b)))
+    }
+
+    /// Diagnostics: (block, store slot) of every block preserved in snapshot `name`'s delta.
+    pub fn preserved_slots(&self, name: &str) -> Result<Vec<(u64, u64)>> {
+        let ix = read_lock(&self.index);
+        let pos = self.snap_pos(&ix, name)?;
+        Ok(ix.snaps[pos]
+            .delta
+            .entries()
+            .map(|(b, r)| (b as u64, r.slot))
+            .collect())
     }
 
     /// [`Engine::changed_blocks`] as runs of consecutive blocks.
@@ -1528,6 +1589,13 @@ impl Engine {
         }
         for s in ix.checkpoint_slots.clone() {
             claim(s, "the checkpoint".to_string(), &mut rep);
+        }
+        for s in ix.retained.iter() {
+            claim(
+                *s,
+                format!("the previous checkpoint or its journal (slot {s})"),
+                &mut rep,
+            );
         }
         claim(w.pos.slot, "the next journal block".to_string(), &mut rep);
         let mut buf = AlignedBuf::zeroed(self.bs as usize);

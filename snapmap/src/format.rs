@@ -23,6 +23,8 @@ pub const SUPER_SLOTS: u64 = 2;
 const SUPER_BODY: usize = 4092;
 /// Longest origin path a superblock records.
 pub const MAX_PATH: usize = 3072;
+/// Offset of the reserved-length field in a superblock (after the longest path).
+const RESERVED_AT: usize = 3192;
 /// Bytes of a journal block header.
 pub const JOURNAL_HEADER: usize = 56;
 /// Bytes of a checkpoint header.
@@ -69,6 +71,9 @@ pub struct Superblock {
     pub created_unix: u64,
     /// The origin this store belongs to.
     pub origin: Identity,
+    /// The store has been made at least this many slots long (it grows in steps, each
+    /// recorded here): a shorter store was truncated.
+    pub reserved_slots: u64,
 }
 
 fn put_u32(b: &mut [u8], at: usize, v: u32) {
@@ -123,6 +128,7 @@ impl Superblock {
         let n = path.len().min(MAX_PATH);
         put_u32(&mut b, 112, n as u32);
         b[116..116 + n].copy_from_slice(&path[..n]);
+        put_u64(&mut b, RESERVED_AT, self.reserved_slots);
         let crc = crc32fast::hash(&b[..SUPER_BODY]);
         put_u32(&mut b, SUPER_BODY, crc);
         b
@@ -169,6 +175,7 @@ impl Superblock {
                 ino: get_u64(b, 104),
                 path: String::from_utf8_lossy(&b[116..116 + n]).into_owned(),
             },
+            reserved_slots: get_u64(b, RESERVED_AT),
         })
     }
 }
@@ -347,6 +354,10 @@ pub struct CheckpointBody {
     /// journal it replaces and the previous checkpoint): free once this checkpoint is the one
     /// the superblock names.
     pub free_on_load: Vec<u64>,
+    /// Slots of the previous checkpoint and of the journal between it and this one. They stay
+    /// in use until the next checkpoint, so that the other superblock copy, which may still
+    /// name the previous checkpoint, always leads to an intact checkpoint and journal.
+    pub retained: Vec<u64>,
     /// A restore that had started but not finished: (target, pre-restore snapshot).
     pub restore: Option<(u64, u64)>,
 }
@@ -423,6 +434,7 @@ mod tests {
                 dev: 5,
                 ino: 9,
             },
+            reserved_slots: 1234,
         }
     }
 
@@ -535,6 +547,7 @@ mod tests {
             high_water: 20,
             free: vec![12, 13],
             free_on_load: vec![3],
+            retained: vec![4, 5],
             restore: Some((1, 2)),
         };
         let b = c.encode(4096).unwrap();

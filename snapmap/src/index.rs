@@ -213,8 +213,11 @@ pub struct Index {
     pub restore: Option<(u64, u64)>,
     /// Journal blocks written since the newest checkpoint (freed by the next one).
     pub journal_slots: Vec<u64>,
-    /// Slots of the newest checkpoint (freed when the next one is committed).
+    /// Slots of the newest checkpoint (retained by the next one).
     pub checkpoint_slots: std::ops::Range<u64>,
+    /// Previous checkpoint and its journal, kept for the other superblock copy (see
+    /// [`CheckpointBody::retained`]); freed when the next checkpoint is committed.
+    pub retained: std::collections::BTreeSet<u64>,
 }
 
 /// A journal entry that contradicts the index (the store is corrupt or mis-replayed).
@@ -231,6 +234,7 @@ impl Index {
             restore: None,
             journal_slots: Vec::new(),
             checkpoint_slots: 0..0,
+            retained: Default::default(),
         }
     }
 
@@ -344,6 +348,7 @@ impl Index {
         next_seq: u64,
         journal_slot: u64,
         free_on_load: Vec<u64>,
+        retained: Vec<u64>,
     ) -> CheckpointBody {
         CheckpointBody {
             next_seq,
@@ -363,6 +368,7 @@ impl Index {
             high_water: self.alloc.high_water,
             free: self.alloc.free.iter().collect(),
             free_on_load,
+            retained,
             restore: self.restore,
         }
     }
@@ -412,6 +418,7 @@ impl Index {
             restore: c.restore,
             journal_slots: Vec::new(),
             checkpoint_slots: slots,
+            retained: c.retained.iter().copied().collect(),
         })
     }
 }
@@ -523,7 +530,7 @@ mod tests {
             ix.apply(&e).unwrap();
         }
         ix.alloc.free(11);
-        let c = ix.to_checkpoint(4, 15, vec![13]);
+        let c = ix.to_checkpoint(4, 15, vec![13], vec![]);
         let back = Index::from_checkpoint(&c, 16..17).unwrap();
         assert_eq!(back.snaps.len(), 2);
         assert_eq!(back.resolve(0, 9).unwrap().slot, 10);

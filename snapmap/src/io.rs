@@ -67,6 +67,14 @@ pub trait BlockDev: Send + Sync {
     }
     /// A name for error messages.
     fn name(&self) -> String;
+    /// Makes the device at least `len` bytes long, reserving the space where it can, so that
+    /// running out of room shows up here rather than in a later write.
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        if self.len()? >= len {
+            return Ok(());
+        }
+        self.write_at(&[0], len - 1)
+    }
 }
 
 /// A heap buffer aligned for O_DIRECT, zero-filled on creation.
@@ -307,6 +315,35 @@ impl BlockDev for FileDev {
         Ok(())
     }
 
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        let cur = self.len()?;
+        if cur >= len {
+            return Ok(());
+        }
+        if self.block_device {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on an fd we own.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                0,
+                cur as libc::off_t,
+                (len - cur) as libc::off_t,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            // No preallocation on this filesystem: a sparse extension still records the size.
+            return self.file.set_len(len);
+        }
+        Err(e)
+    }
+
     fn identity(&self) -> Option<Identity> {
         let meta = self.file.metadata().ok()?;
         let path = std::fs::canonicalize(&self.path)
@@ -480,6 +517,9 @@ impl BlockDev for CountingDev {
     }
     fn name(&self) -> String {
         self.inner.name()
+    }
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        self.inner.grow_to(len)
     }
 }
 

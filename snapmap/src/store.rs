@@ -34,6 +34,8 @@ pub struct Recovery {
     /// The journal ended at a block of this store that failed its checksum (a write torn by
     /// a crash; it was never acknowledged).
     pub torn_tail: bool,
+    /// Damage that opening worked around (a superblock copy rewritten, an older checkpoint used).
+    pub repaired: Vec<String>,
 }
 
 /// How writing a commit group failed.
@@ -50,7 +52,11 @@ pub struct Store {
     dev: Arc<dyn BlockDev>,
     sb: Superblock,
     read_only: bool,
+    grow_step: u64,
 }
+
+/// Default growth step of a store file, in bytes.
+pub const GROW_STEP: u64 = 16 << 20;
 
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -96,6 +102,7 @@ impl Store {
         block_size: u32,
         origin_size: u64,
         origin: Identity,
+        grow_step: u64,
     ) -> Result<(Store, Index, JournalPos)> {
         let mut ix = Index::empty();
         let journal_slot = ix.alloc.alloc_meta(1).map_or(SUPER_SLOTS, |v| v[0]);
@@ -113,12 +120,18 @@ impl Store {
             checkpoint: CheckpointRef::default(),
             created_unix: now_unix(),
             origin,
+            reserved_slots: 0,
         };
         let mut store = Store {
             dev,
             sb,
             read_only: false,
+            grow_step: grow_step.max(block_size as u64),
         };
+        if let Err(e) = store.ensure_slots(journal_slot + 1) {
+            let (GroupError::Write(e) | GroupError::Sync(e)) = e;
+            return Err(e);
+        }
         // Zero the first journal slot so that no stale bytes there can pass for a journal block.
         let zero = AlignedBuf::zeroed(block_size as usize);
         store
@@ -160,7 +173,8 @@ impl Store {
                 Err(e) => errors.push((off, e)),
             }
         }
-        let Some(sb) = copies.into_iter().max_by_key(|s| s.generation) else {
+        copies.sort_by_key(|c| std::cmp::Reverse(c.generation));
+        if copies.is_empty() {
             if let Some((_, SuperError::Version(v))) = errors
                 .iter()
                 .find(|(_, e)| matches!(e, SuperError::Version(_)))
@@ -183,21 +197,67 @@ impl Store {
                 store: name,
                 detail: format!("no valid superblock copy ({})", why.join(", ")),
             });
-        };
-        verify(&sb)?;
-        let mut store = Store { dev, sb, read_only };
-        let (mut ix, pos, recovery) = store.load()?;
-        if !read_only {
-            // A new epoch before any new journal write: journal blocks left from a dropped tail
-            // carry an older epoch and can never be mistaken for successors of new ones.
-            store.sb.epoch += 1;
-            store.write_superblock()?;
         }
-        ix.alloc.mark_used(pos.slot);
-        Ok((store, ix, pos, recovery))
+        verify(&copies[0])?;
+        // The store only ever grows, and each growth is recorded before it is used: a store
+        // shorter than its newest superblock says has lost its tail (synced records with it).
+        let len = dev
+            .len()
+            .map_err(|e| Error::io(format!("size of store {name}"), e))?;
+        let want = copies[0].reserved_slots * copies[0].block_size as u64;
+        if len < want {
+            return Err(Error::Corrupt {
+                store: name,
+                detail: format!(
+                    "it is {len} bytes long but had grown to {want} bytes: it was truncated, and the records in its lost tail cannot be recovered"
+                ),
+            });
+        }
+        let damaged: Vec<String> = errors
+            .iter()
+            .filter(|(_, e)| *e == SuperError::Checksum)
+            .map(|(off, _)| format!("superblock copy at byte {off} failed its checksum"))
+            .collect();
+        // Newest copy first. If its checkpoint is damaged, the other copy names the previous
+        // checkpoint, which is kept (with its journal) until the next one exists; replaying from
+        // it covers everything since.
+        let mut last_err = None;
+        for (i, sb) in copies.iter().enumerate() {
+            let store = Store {
+                dev: dev.clone(),
+                sb: sb.clone(),
+                read_only,
+                grow_step: GROW_STEP,
+            };
+            match store.load() {
+                Ok((mut ix, pos, mut recovery, max_epoch)) => {
+                    let mut notes = damaged.clone();
+                    if i > 0 {
+                        notes.push(format!(
+                            "used the older superblock copy (generation {}) because the newer one's checkpoint did not verify",
+                            sb.generation
+                        ));
+                    }
+                    recovery.repaired = notes;
+                    let mut store = store;
+                    if !read_only {
+                        // A new epoch before any new journal write: journal blocks left from a
+                        // dropped tail carry an older epoch and can never be mistaken for
+                        // successors of new ones. This write also rewrites a damaged copy.
+                        store.sb.epoch = store.sb.epoch.max(max_epoch) + 1;
+                        store.write_superblock()?;
+                    }
+                    ix.alloc.mark_used(pos.slot);
+                    return Ok((store, ix, pos, recovery));
+                }
+                Err(e @ Error::Corrupt { .. }) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or(Error::NotAStore { store: name }))
     }
 
-    fn load(&self) -> Result<(Index, JournalPos, Recovery)> {
+    fn load(&self) -> Result<(Index, JournalPos, Recovery, u64)> {
         let bs = self.sb.block_size as u64;
         let cp = self.sb.checkpoint;
         if cp.slots == 0 || cp.len > cp.slots * bs || cp.slot < SUPER_SLOTS {
@@ -220,15 +280,15 @@ impl Store {
             seq: body.next_seq,
             slot: body.journal_slot,
         };
-        let (applied, recovery) = self.replay(&mut ix, pos)?;
+        let (applied, recovery, max_epoch) = self.replay(&mut ix, pos)?;
         pos = applied;
-        Ok((ix, pos, recovery))
+        Ok((ix, pos, recovery, max_epoch))
     }
 
     /// Follows the journal chain from `start`. Every complete group but the last is known
     /// durable (the next group was only written after its sync); the last one is applied only
     /// if every preserved block it names verifies.
-    fn replay(&self, ix: &mut Index, start: JournalPos) -> Result<(JournalPos, Recovery)> {
+    fn replay(&self, ix: &mut Index, start: JournalPos) -> Result<(JournalPos, Recovery, u64)> {
         let bs = self.sb.block_size as u64;
         let dev_slots = self.dev.len().map_err(|e| self.io_err("size", e))? / bs;
         let mut rec = Recovery::default();
@@ -246,10 +306,16 @@ impl Store {
                 Ok(jb) => jb,
                 Err(e) => {
                     rec.torn_tail = e != crate::format::JournalError::Foreign;
+                    if rec.torn_tail {
+                        self.refuse_damage_mid_journal(&buf, pos, last_epoch, dev_slots)?;
+                    }
                     break;
                 }
             };
-            if jb.seq != pos.seq || jb.epoch < last_epoch || jb.epoch > self.sb.epoch {
+            // Epochs never decrease along the chain: a block from an older epoch is a stale
+            // leftover of a dropped tail, not a successor. (No upper bound: blocks of a newer
+            // epoch than the superblock's mean the newest superblock copy was lost.)
+            if jb.seq != pos.seq || jb.epoch < last_epoch {
                 break;
             }
             last_epoch = jb.epoch;
@@ -279,7 +345,62 @@ impl Store {
                 rec.groups_dropped += 1;
             }
         }
-        Ok((applied, rec))
+        Ok((applied, rec, last_epoch))
+    }
+
+    /// The journal ended at a block of this store that fails its checksum. After a crash that
+    /// is the torn last write. But if the (untrusted) next-slot field leads to a chain holding a
+    /// complete commit group followed by more journal, the damaged block was followed by synced
+    /// groups: it was durable, and something damaged it since. Truncating there would silently
+    /// lose those groups, so refuse.
+    fn refuse_damage_mid_journal(
+        &self,
+        damaged: &[u8],
+        pos: JournalPos,
+        epoch: u64,
+        dev_slots: u64,
+    ) -> Result<()> {
+        let field = |at: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&damaged[at..at + 8]);
+            u64::from_le_bytes(a)
+        };
+        if field(32) != pos.seq {
+            return Ok(());
+        }
+        // Successors of the damaged block were written in its epoch or later.
+        let epoch = epoch.max(field(24));
+        let bs = self.sb.block_size as u64;
+        let mut slot = field(40);
+        let mut seq = pos.seq + 1;
+        let mut groups_after = 0;
+        let mut buf = AlignedBuf::zeroed(bs as usize);
+        for _ in 0..256 {
+            if slot < SUPER_SLOTS || slot >= dev_slots {
+                break;
+            }
+            self.dev
+                .read_at(&mut buf, slot * bs)
+                .map_err(|e| self.io_err("read journal", e))?;
+            let Ok(jb) = JournalBlock::decode(&self.sb.uuid, &buf) else {
+                break;
+            };
+            if jb.seq != seq || jb.epoch < epoch {
+                break;
+            }
+            if groups_after > 0 {
+                return Err(self.corrupt(format!(
+                    "journal block {} at slot {} is damaged, but the journal continues after it with synced commit groups; refusing to drop them (restore the store from a copy)",
+                    pos.seq, pos.slot
+                )));
+            }
+            if jb.flags & FLAG_GROUP_END != 0 {
+                groups_after += 1;
+            }
+            slot = jb.next_slot;
+            seq += 1;
+        }
+        Ok(())
     }
 
     fn group_payload_verifies(&self, g: &[(u64, JournalBlock)]) -> Result<bool> {
@@ -306,10 +427,17 @@ impl Store {
         g: &[(u64, JournalBlock)],
         rec: &mut Recovery,
     ) -> Result<()> {
+        // When replaying from an older checkpoint (the newer superblock copy was damaged),
+        // later history may reuse slots that checkpoint still retains: that history freed
+        // them, so they are no longer retained.
         for (slot, jb) in g {
             ix.alloc.mark_used(*slot);
+            ix.retained.remove(slot);
             ix.journal_slots.push(*slot);
             for e in &jb.entries {
+                if let Entry::Preserve { slot, .. } = e {
+                    ix.retained.remove(slot);
+                }
                 ix.apply(e)
                     .map_err(|e| self.corrupt(format!("journal block {}: {}", jb.seq, e.0)))?;
             }
@@ -318,8 +446,56 @@ impl Store {
         // The slot the group reserved for the block after it is in use too.
         if let Some((_, last)) = g.last() {
             ix.alloc.mark_used(last.next_slot);
+            ix.retained.remove(&last.next_slot);
         }
         rec.groups += 1;
+        Ok(())
+    }
+
+    /// Sets how much a growing store file grows at a time (at least).
+    pub fn set_grow_step(&mut self, bytes: u64) {
+        self.grow_step = bytes.max(self.sb.block_size as u64);
+    }
+
+    /// Makes sure slots `0..needed` exist on the device, growing it (by at least a quarter, or
+    /// the grow step) and recording the new length in the superblock before any of the new
+    /// slots is used. A failed growth leaves the store as it was ([`GroupError::Write`]); a
+    /// failed superblock write leaves it uncertain ([`GroupError::Sync`]).
+    pub fn ensure_slots(&mut self, needed: u64) -> std::result::Result<(), GroupError> {
+        if needed <= self.sb.reserved_slots {
+            return Ok(());
+        }
+        let bs = self.sb.block_size as u64;
+        let cur = self.sb.reserved_slots;
+        let target = needed.max(cur + cur / 4).max(cur + self.grow_step / bs);
+        let len = self
+            .dev
+            .len()
+            .map_err(|e| GroupError::Write(self.io_err("size", e)))?;
+        let target = if self.dev.can_grow() {
+            self.dev
+                .grow_to(target * bs)
+                .map_err(|e| GroupError::Write(self.io_err("grow", e)))?;
+            target
+        } else {
+            // A block device: its whole length is the store.
+            let all = len / bs;
+            if all < needed {
+                return Err(GroupError::Write(
+                    self.io_err("grow", std::io::Error::from_raw_os_error(28)),
+                ));
+            }
+            all
+        };
+        self.dev
+            .sync()
+            .map_err(|e| GroupError::Sync(self.io_err("sync after grow", e)))?;
+        let old = self.sb.reserved_slots;
+        self.sb.reserved_slots = target;
+        if let Err(e) = self.write_superblock() {
+            self.sb.reserved_slots = old;
+            return Err(GroupError::Sync(e));
+        }
         Ok(())
     }
 
@@ -428,9 +604,12 @@ impl Store {
     /// superblock naming a checkpoint and journal that are both still intact.
     pub fn write_checkpoint(&mut self, ix: &mut Index, pos: JournalPos) -> Result<bool> {
         let bs = self.sb.block_size as u64;
-        let mut obsolete: Vec<u64> = ix.journal_slots.clone();
-        obsolete.extend(ix.checkpoint_slots.clone());
-        let probe = ix.to_checkpoint(pos.seq, pos.slot, obsolete.clone());
+        // The checkpoint before the current one, and its journal, become free; the current
+        // one and the journal since are kept one more round for the other superblock copy.
+        let obsolete: Vec<u64> = ix.retained.iter().copied().collect();
+        let mut keep: Vec<u64> = ix.journal_slots.clone();
+        keep.extend(ix.checkpoint_slots.clone());
+        let probe = ix.to_checkpoint(pos.seq, pos.slot, obsolete.clone(), keep.clone());
         let len = probe
             .encoded_len()
             .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))? as u64;
@@ -438,8 +617,15 @@ impl Store {
         let Some(start) = ix.alloc.alloc_run_at_end(n) else {
             return Ok(false);
         };
+        if let Err(e) = self.ensure_slots(start + n) {
+            for s in start..start + n {
+                ix.alloc.free(s);
+            }
+            let (GroupError::Write(e) | GroupError::Sync(e)) = e;
+            return Err(e);
+        }
         // Allocating at the end changes only the high-water mark (fixed width), so the size holds.
-        let body = ix.to_checkpoint(pos.seq, pos.slot, obsolete.clone());
+        let body = ix.to_checkpoint(pos.seq, pos.slot, obsolete.clone(), keep.clone());
         let bytes = body
             .encode(self.sb.block_size)
             .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?;
@@ -471,6 +657,7 @@ impl Store {
         for s in obsolete {
             ix.alloc.free(s);
         }
+        ix.retained = keep.into_iter().collect();
         ix.journal_slots.clear();
         ix.checkpoint_slots = start..start + n;
         Ok(true)

@@ -166,16 +166,15 @@ fn a_last_group_whose_preserved_data_did_not_reach_the_store_is_dropped() {
     e.create_snapshot("a").unwrap();
     e.write(0, &block(1)).unwrap();
     e.write(BS as u64, &block(2)).unwrap();
-    drop(e);
-    // The preserved copy of block 1 (all zeroes) sits in the highest data slot written; make it
-    // look like the write never arrived by giving it other bytes.
-    let n = s.len().unwrap() as usize / BS;
-    let mut img = vec![0u8; n * BS];
-    s.read_at(&mut img, 0).unwrap();
-    let slot = (2..n)
-        .rev()
-        .find(|&k| img[k * BS..(k + 1) * BS].iter().all(|&x| x == 0))
+    // The preserved copy of block 1 came last; make it look like its write never arrived.
+    let slot = e
+        .preserved_slots("a")
+        .unwrap()
+        .into_iter()
+        .find(|&(b, _)| b == 1)
+        .map(|(_, s)| s as usize)
         .unwrap();
+    drop(e);
     s.write_at(&block(0x55), (slot * BS) as u64).unwrap();
     let e = Engine::open(o, s, &OpenOptions::default()).unwrap();
     assert_eq!(e.recovery().groups_dropped, 1, "{:?}", e.recovery());
@@ -186,7 +185,11 @@ fn a_last_group_whose_preserved_data_did_not_reach_the_store_is_dropped() {
 #[test]
 fn freed_slots_are_reused_so_the_store_does_not_grow() {
     let (o, s) = mem(64);
-    let e = Engine::format(o, s.clone(), &OpenOptions::default()).unwrap();
+    let opts = OpenOptions {
+        store_grow_bytes: 64 << 10,
+        ..OpenOptions::default()
+    };
+    let e = Engine::format(o, s.clone(), &opts).unwrap();
     for round in 0..20u8 {
         e.create_snapshot("s").unwrap();
         for b in 0..64u64 {

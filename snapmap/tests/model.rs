@@ -55,6 +55,7 @@ fn opts() -> OpenOptions {
     OpenOptions {
         checkpoint_every: 3,
         csum_entries: 8,
+        store_grow_bytes: 64 << 10,
         ..OpenOptions::default()
     }
 }

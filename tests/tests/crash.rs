@@ -135,6 +135,7 @@ fn opts() -> OpenOptions {
     OpenOptions {
         checkpoint_every: 5,
         csum_entries: 16,
+        store_grow_bytes: 32 << 10,
         ..OpenOptions::default()
     }
 }
@@ -426,7 +427,10 @@ fn every_crash_point_of_short_workloads() {
         }
     }
     eprintln!("exhaustive: {points} crash points over {seeds} workloads");
-    assert!(points >= 25 * seeds, "only {points} crash points over {seeds} workloads");
+    assert!(
+        points >= 25 * seeds,
+        "only {points} crash points over {seeds} workloads"
+    );
 }
 
 #[test]

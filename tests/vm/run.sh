@@ -63,11 +63,11 @@ fi
 host_mode=0
 if [[ -z ${VM_FORCE:-} ]] && [[ -e /dev/ublk-control || ${VM_HOST:-} == 1 ]]; then
     host_mode=1
-    ((EUID == 0)) || vm_die "host mode (/dev/ublk-control exists) needs root: rerun with sudo, or VM_FORCE=1 for the VM"
+    ((EUID == 0)) || vm_die "host mode (ublk on this machine) needs root: rerun with sudo, or VM_FORCE=1 for the VM"
 fi
 
 mkdir -p "$VM_LOGS"
-child=
+child='' host_scratch=''
 # kill_child SIGNAL: the VM's qemu, or in host mode the scenario's whole process group
 # (it may have started daemons).
 kill_child() {
@@ -96,14 +96,14 @@ fi
 start_scenario() {
     local rel=$1 log=$2 out=$3
     if ((host_mode)); then
-        local scratch path=$PATH bin
-        scratch=$(mktemp -d "${TMPDIR:-/tmp}/snapblk-vm-scratch.XXXXXX")
+        local path=$PATH bin
+        host_scratch=$(mktemp -d "${TMPDIR:-/tmp}/snapblk-vm-scratch.XXXXXX")
         for bin in ${VM_EXTRA_BINS:-}; do path=$(dirname "$(realpath "$bin")"):$path; done
         local snapblk=${SNAPBLK_BIN:-$REPO_ROOT/target/release/snapblk}
         [[ -x $snapblk ]] || snapblk=
         # setsid: the scenario and any daemon it starts form one group we can stop.
         # shellcheck disable=SC2086,SC2016  # word lists on purpose; $0/$rc are the inner bash's
-        env PATH="$path" SNAPBLK_REPO="$REPO_ROOT" SNAPBLK_VM_GUEST=0 VM_SCRATCH="$scratch" VM_OUT="$out" \
+        env PATH="$path" SNAPBLK_REPO="$REPO_ROOT" SNAPBLK_VM_GUEST=0 VM_SCRATCH="$host_scratch" VM_OUT="$out" \
             ${snapblk:+SNAPBLK_BIN="$snapblk"} ${VM_GUEST_ENV:-} \
             setsid bash -c 'cd "$VM_SCRATCH" && bash "$0"; rc=$?; echo "SNAPBLK-VM-RESULT rc=$rc"; exit $rc' \
             "$VM_DIR/$rel" </dev/null >"$log" 2>&1 &
@@ -113,6 +113,10 @@ start_scenario() {
         truncate -s "${VM_OUT_SIZE:-256M}" "$out.disk"
         local kernel_args="console=ttyS0 loglevel=5 panic=-1 oops=panic nowatchdog edd=off"
         kernel_args+=" snapblk.scenario=$rel snapblk.tmp=$VM_TMP_SIZE snapblk.hung=$VM_HUNG_TASK_SECS"
+        # The guest stops the scenario itself 60 s before the host would kill the VM (room
+        # for a slow boot and the bounded final sync), so it can still list the stuck tasks
+        # and their kernel stacks.
+        kernel_args+=" snapblk.timeout=$((VM_TIMEOUT > 120 ? VM_TIMEOUT - 60 : 0))"
         # TCG, not KVM: nested KVM fails here. -cx16: TCG's cmpxchg16b corrupts the
         # guest under I/O load (see /work/shared/VM.md).
         # shellcheck disable=SC2086
@@ -158,6 +162,10 @@ run_one() {
     child=
     wait "$tailer" 2>/dev/null || true
     elapsed=$((SECONDS - start))
+    if [[ -n $host_scratch ]]; then
+        rm -rf "$host_scratch"
+        host_scratch=
+    fi
     if [[ -f $out.disk ]]; then
         # An empty disk is not a tar archive: the scenario left nothing in VM_OUT.
         tar -xf "$out.disk" -C "$out" 2>/dev/null || true
@@ -177,6 +185,9 @@ run_one() {
             reason="kernel oops/panic/BUG: $kernel_fail"
         fi
         rc=125
+    elif grep -aq 'vm-init: scenario timed out' "$log"; then
+        reason="timeout: the guest stopped the scenario after $((VM_TIMEOUT - 60))s (VM_TIMEOUT=$VM_TIMEOUT minus 60); tasks left are listed above"
+        rc=124
     elif ((timed_out)); then
         reason="timeout: no end marker after ${VM_TIMEOUT}s (VM_TIMEOUT)"
         rc=124

@@ -35,10 +35,24 @@ else
     echo "not ok - env: $out_file missing or wrong: $(cat "$out_file" 2>&1)"
     failed=$((failed + 1))
 fi
+# A stub stands in for snapblk; zstd is a dynamically linked binary the guest lacks.
+stub=$(mktemp)
+# shellcheck disable=SC2016  # the stub's own $1/$2
+printf '%s\n' '#!/bin/bash' 'case "$1 ${2:-}" in' \
+    '"--help ") echo "snapblk stub: create, snapshot" ;;' \
+    '"create --help") echo "usage: snapblk create" ;;' \
+    '*) echo "unknown command $1" >&2; exit 2 ;;' 'esac' >"$stub"
+chmod +x "$stub"
+expect bins 0 "PASS selftest/bins.sh" SNAPBLK_BIN="$stub" VM_EXTRA_BINS="$(command -v zstd)" VM_GUEST_ENV=SELFTEST_BIN=zstd
+rm -f "$stub"
 expect fail 1 "scenario exited with rc=1"
 expect timeout 124 "FAIL selftest/timeout.sh .*timeout: no end marker after 30s" VM_TIMEOUT=30
+expect timeout 124 "the guest stopped the scenario after 90s" VM_TIMEOUT=150
+expect fake-oops 125 "kernel oops/panic/BUG: .*BUG: kernel NULL pointer dereference"
+expect fake-oops 125 "kernel oops/panic/BUG: .*BUG: kernel NULL pointer dereference" VM_HOST=1 VM_FORCE=
 expect panic 125 "kernel oops/panic/BUG: .*Kernel panic - not syncing"
 expect hung 125 "kernel hung task: .*blocked for more than 10 seconds" VM_TIMEOUT=150 VM_HUNG_TASK_SECS=10
+expect hung 124 "vm-init:   [0-9]* D (disk sleep) dd " VM_TIMEOUT=150 VM_HUNG_TASK_SECS=0
 expect nomarker 126 "no 'SNAPBLK-VM-RESULT' end marker"
 echo "$passed passed, $failed failed"
 ((failed == 0))

@@ -50,6 +50,11 @@ step "fio randwrite 4k QD32 48M crc32c verify (with snapshot: COW)" fio_verify r
 step "fio seq write 1M 64M crc32c verify (with snapshot)" fio_verify seq-snap write 1M 64M 64M
 step "snapshot s1 preserved blocks (status shows preserves)" \
     bash -c "'$S' status -n $ID --json | grep -q '\"preserves\": [1-9]'"
+# More than one request in a commit group means the queue handed the engine several
+# requests at once: the queue thread does not serialize on the engine.
+step "concurrent COW writes shared group commits (max_group_requests > 1)" \
+    bash -c "'$S' status -n $ID --json | tee /dev/stderr | grep -Eq '\"max_group_requests\": ([2-9]|[1-9][0-9]+)'"
+note "$(grep -h 'IOPS=' "$VM_SCRATCH"/fio-*.out | sed 's/^ */fio: /' | tr '\n' ';')"
 
 # Acknowledged + flushed writes that must survive the daemon's death.
 step "pattern write 1024 blocks at 200 MiB (O_DIRECT + fsync)" pattern_write "$DEV" crash 51200 1024
@@ -65,7 +70,9 @@ kill_under_load() {
     kill -KILL "$pid" || return 1
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     "$S" list
+    local t0=$SECONDS
     "$S" recover -n "$ID" || { kill "$fio_pid"; return 1; }
+    echo "recover returned after $((SECONDS - t0)) s"
     [[ $(cat "/run/snapblk/$ID/pid") != "$pid" ]] || { echo "pid file not updated"; return 1; }
     wait "$fio_pid"
     rc=$?
