@@ -372,10 +372,9 @@ impl Store {
         let epoch = epoch.max(field(24));
         let bs = self.sb.block_size as u64;
         let mut slot = field(40);
-        let mut seq = pos.seq + 1;
         let mut groups_after = 0;
         let mut buf = AlignedBuf::zeroed(bs as usize);
-        for _ in 0..256 {
+        for seq in pos.seq + 1..pos.seq + 257 {
             if slot < SUPER_SLOTS || slot >= dev_slots {
                 break;
             }
@@ -398,7 +397,6 @@ impl Store {
                 groups_after += 1;
             }
             slot = jb.next_slot;
-            seq += 1;
         }
         Ok(())
     }
