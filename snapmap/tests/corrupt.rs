@@ -198,8 +198,7 @@ fn a_damaged_preserved_block_fails_reads_and_check_never_returns_wrong_bytes() {
     let mut buf = vec![0u8; BS];
     let err = e
         .read_snapshot("a", block * BS as u64, &mut buf)
-        .err()
-        .expect("read a damaged block without error");
+        .expect_err("read a damaged block without error");
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains(&format!("block {block}")), "{err}");
     let rep = e.check().unwrap();
@@ -207,8 +206,7 @@ fn a_damaged_preserved_block_fails_reads_and_check_never_returns_wrong_bytes() {
     // Restoring through a damaged block stops with the same error rather than writing garbage.
     let err = e
         .restore("a", &|_, _| {})
-        .err()
-        .expect("restored through damage");
+        .expect_err("restored through damage");
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 }
 
