@@ -30,6 +30,9 @@ struct Domain {
     crashed: bool,
     /// (operation index, disk name or "" for any, fault); each fires once.
     faults: Vec<(u64, String, Fault)>,
+    /// Reads so far, and (read index, disk) of reads to fail with EIO.
+    reads: u64,
+    read_faults: Vec<(u64, String)>,
 }
 
 /// Shared power and operation counter for a set of disks.
@@ -49,6 +52,34 @@ impl PowerDomain {
     /// Injects `fault` at mutating operation `at` on disk `disk` ("" for whichever disk).
     pub fn inject(&self, at: u64, disk: &str, fault: Fault) {
         self.lock().faults.push((at, disk.to_string(), fault));
+    }
+
+    /// Fails the `at`-th read (counted from 0 across all disks) of disk `disk` with EIO.
+    pub fn inject_read(&self, at: u64, disk: &str) {
+        self.lock().read_faults.push((at, disk.to_string()));
+    }
+
+    /// Reads so far.
+    pub fn reads(&self) -> u64 {
+        self.lock().reads
+    }
+
+    fn read_tick(&self, disk: &str) -> io::Result<()> {
+        let mut d = self.lock();
+        if d.crashed {
+            return Err(io::Error::other("power is off"));
+        }
+        let n = d.reads;
+        d.reads += 1;
+        if let Some(i) = d
+            .read_faults
+            .iter()
+            .position(|(at, dk)| *at == n && (dk.is_empty() || dk == disk))
+        {
+            d.read_faults.remove(i);
+            return Err(io::Error::from_raw_os_error(libc_eio()));
+        }
+        Ok(())
     }
 
     /// Mutating operations so far.
@@ -110,6 +141,7 @@ pub struct CrashDisk {
     power: PowerDomain,
     grow: bool,
     st: Mutex<State>,
+    sync_delay: std::time::Duration,
 }
 
 impl CrashDisk {
@@ -124,7 +156,15 @@ impl CrashDisk {
                 current: image,
                 cache: Vec::new(),
             }),
+            sync_delay: std::time::Duration::ZERO,
         }
+    }
+
+    /// The same disk with syncs that take `d` (like a real cache flush), so that concurrent
+    /// callers pile up behind one.
+    pub fn with_sync_delay(mut self, d: std::time::Duration) -> Self {
+        self.sync_delay = d;
+        self
     }
 
     fn st(&self) -> std::sync::MutexGuard<'_, State> {
@@ -206,9 +246,7 @@ fn apply(img: &mut Vec<u8>, off: u64, data: &[u8]) {
 
 impl BlockDev for CrashDisk {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        if self.power.crashed() {
-            return Err(io::Error::other("power is off"));
-        }
+        self.power.read_tick(&self.name)?;
         let st = self.st();
         buf.fill(0);
         let off = off as usize;
@@ -231,6 +269,9 @@ impl BlockDev for CrashDisk {
     }
 
     fn sync(&self) -> io::Result<()> {
+        if !self.sync_delay.is_zero() {
+            std::thread::sleep(self.sync_delay);
+        }
         let mut st = self.st();
         self.power.tick(&self.name)?;
         st.durable = st.current.clone();

@@ -458,6 +458,51 @@ fn replay() {
     case(v[0], v[1], v[2] as usize);
 }
 
+/// An EIO on an origin read (the compare or preserve read of a write) fails that write and
+/// changes nothing: the block keeps its old bytes and every snapshot stays whole.
+#[test]
+fn a_failed_origin_read_fails_the_write_and_changes_nothing() {
+    let mut failed = 0;
+    for seed in 0..200u64 {
+        let ctx = format!("read fault seed {seed}");
+        let power = PowerDomain::new(None);
+        let o = Arc::new(CrashDisk::new("origin", &power, vec![0u8; SIZE], false));
+        let s = Arc::new(CrashDisk::new("store", &power, Vec::new(), true));
+        let e = Engine::format(o.clone(), s.clone(), &opts()).unwrap();
+        let mut rng = Rng::new(seed);
+        // A snapshot, so that first writes read the origin to preserve it.
+        for b in 0..BLOCKS {
+            e.write((b * BS) as u64, &vec![b as u8 + 1; BS]).unwrap();
+        }
+        e.create_snapshot("a").unwrap();
+        let target = rng.below(BLOCKS as u64) as usize;
+        let off = target * BS + rng.below(BS as u64) as usize / 2;
+        let len = 1 + rng.below((BS / 2) as u64) as usize;
+        power.inject_read(power.reads(), "origin");
+        let err = e
+            .write(off as u64, &vec![0xEE; len])
+            .expect_err(&format!("{ctx}: write succeeded through a failed read"));
+        assert!(matches!(err, Error::Io { .. }), "{ctx}: {err}");
+        failed += 1;
+        let mut buf = vec![0u8; BS];
+        e.read((target * BS) as u64, &mut buf).unwrap();
+        assert!(
+            buf.iter().all(|&x| x == target as u8 + 1),
+            "{ctx}: block changed"
+        );
+        e.read_snapshot("a", (target * BS) as u64, &mut buf)
+            .unwrap();
+        assert!(
+            buf.iter().all(|&x| x == target as u8 + 1),
+            "{ctx}: snapshot changed"
+        );
+        // The engine goes on serving.
+        e.write(off as u64, &vec![0xEE; len]).unwrap();
+        assert!(e.check().unwrap().ok(), "{ctx}");
+    }
+    assert_eq!(failed, 200);
+}
+
 /// Injected I/O errors (EIO on writes and syncs of either disk, ENOSPC on the store) surface as
 /// errors and never corrupt a snapshot; after a failed sync the engine refuses writes until
 /// reopened, and reopening recovers.
