@@ -7,7 +7,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 version=2.5.0
 case ${1:-ensure} in
     ensure)
-        if garage --version 2>/dev/null | grep -q "v$version"; then
+        if garage --version 2>/dev/null | grep -qF "$version"; then
             exit 0
         fi
         echo "garage: building Garage $version from crates.io source (cached afterwards in ~/.cargo/bin)" >&2
