@@ -86,6 +86,7 @@ step "snapshot s1 survived the crash" bash -c "'$S' snapshot list -n $ID | grep 
 step "fresh fio randwrite 4k crc32c verify after recovery" fio_verify rw-recovered randwrite 4k 48M
 step "fresh fio seq write 1M crc32c verify after recovery" fio_verify seq-recovered write 1M 32M 128M
 step "store check after recovery" "$S" check -n "$ID"
+step "status and snapshot list after recovery" bash -c "'$S' status -n $ID && '$S' snapshot list -n $ID"
 
 delete_dev() {
     "$S" delete -n "$ID" || return 1

@@ -24,13 +24,13 @@ finish() {
 
 create_dev() {
     local out
-    out=$("$S" create --backing "$img" --size 512M --queues 2) || { echo "$out"; return 1; }
+    out=$("$S" create --backing "$img" --size 512M --queues 2 --direct-io) || { echo "$out"; return 1; }
     DEV=$(tail -n1 <<<"$out")
     ID=${DEV#/dev/ublkb}
     [[ -b $DEV ]] || return 1
     on_exit "$S" delete -n "$ID"
 }
-must "create (512M, 2 queues)" create_dev
+must "create (512M, 2 queues, O_DIRECT on backing and store)" create_dev
 must "mkfs.xfs" mkfs.xfs -q -f "$DEV"
 must "mount" mount_at "$DEV" "$mnt" -t xfs
 write_files() {

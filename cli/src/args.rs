@@ -1,0 +1,344 @@
+//! The command line (the contract in DESIGN.md, "Command-line contract").
+//! Shipping verbs (`ship`, `receive`, `remote`) get their own variants and
+//! their own module under `commands/`.
+
+use crate::size::{parse_block_size, parse_size};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// snapblk: a userspace block device (ublk) with snapshots and rollback.
+#[derive(Debug, Parser)]
+#[command(name = "snapblk", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every verb.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create /dev/ublkbN over a backing file and start its daemon.
+    Create(CreateArgs),
+    /// List devices and their daemons.
+    List(JsonFlag),
+    /// Show a device's status (all devices without -n).
+    Status(StatusArgs),
+    /// Stop and remove a device; data stays on disk.
+    Delete(IdArgs),
+    /// Reattach a device whose daemon died.
+    Recover(RecoverArgs),
+    /// Create, list or delete snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Roll a device back to a snapshot (device must not be mounted; reversible).
+    Restore(RestoreArgs),
+    /// Write a snapshot as a plain image file.
+    Export(ExportArgs),
+    /// Changed block ranges between two snapshots (or a snapshot and now).
+    Diff(DiffArgs),
+    /// Verify a store's metadata and preserved blocks.
+    Check(CheckArgs),
+    /// Internal: the per-device daemon process started by create/recover.
+    #[command(hide = true)]
+    Daemon(DaemonArgs),
+}
+
+impl Command {
+    /// Whether this invocation is the long-running daemon.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Command::Daemon(_))
+            || matches!(self, Command::Create(c) if c.foreground)
+            || matches!(self, Command::Recover(r) if r.foreground)
+    }
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `-n ID`, required.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Device id (N in /dev/ublkbN).
+    #[arg(short = 'n', long = "id")]
+    pub id: u32,
+}
+
+/// Which device or files a verb works on: a running device (`-n ID`) or,
+/// offline, the files themselves.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["id", "backing"])))]
+pub struct Target {
+    /// Device id of a running device.
+    #[arg(short = 'n', long = "id")]
+    pub id: Option<u32>,
+    /// Offline: the backing file (no daemon may be serving it).
+    #[arg(long, value_name = "PATH")]
+    pub backing: Option<PathBuf>,
+    /// Offline: the store (default: <backing>.snapstore).
+    #[arg(long, value_name = "PATH", requires = "backing")]
+    pub store: Option<PathBuf>,
+}
+
+/// `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Backing file or disk holding the live data.
+    #[arg(long, value_name = "PATH")]
+    pub backing: PathBuf,
+    /// Snapshot store (default: <backing>.snapstore).
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// Device size; the backing file is created or extended to it.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub size: Option<u64>,
+    /// Tracking block size of a new store (4K..64K).
+    #[arg(long, value_parser = parse_block_size, default_value = "4K", value_name = "SIZE")]
+    pub block_size: u32,
+    /// Device id to ask for (default: the kernel picks).
+    #[arg(short = 'n', long = "id")]
+    pub id: Option<u32>,
+    /// Serve in this process instead of starting a daemon.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Number of ublk queues.
+    #[arg(long, default_value_t = ublk_target::spec::DEFAULT_QUEUES)]
+    pub queues: u16,
+    /// Requests in flight per queue.
+    #[arg(long, default_value_t = ublk_target::spec::DEFAULT_DEPTH)]
+    pub depth: u16,
+    /// Engine worker threads (0: one per tag, at most 64).
+    #[arg(long, default_value_t = 0)]
+    pub workers: u16,
+    /// Open backing and store with O_DIRECT.
+    #[arg(long)]
+    pub direct_io: bool,
+    /// Cap on the store's size; writes needing room beyond it fail with ENOSPC.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub max_store: Option<u64>,
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Device id (default: every device).
+    #[arg(short = 'n', long = "id", conflicts_with = "backing")]
+    pub id: Option<u32>,
+    /// Offline: the backing file.
+    #[arg(long, value_name = "PATH")]
+    pub backing: Option<PathBuf>,
+    /// Offline: the store (default: <backing>.snapstore).
+    #[arg(long, value_name = "PATH", requires = "backing")]
+    pub store: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `recover`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Device id.
+    #[arg(short = 'n', long = "id")]
+    pub id: u32,
+    /// Serve in this process instead of starting a daemon.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// `snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot (O(1)).
+    Create {
+        /// Snapshot name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots, oldest first.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot (its blocks merge into the previous one).
+    Delete {
+        /// Snapshot name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot to roll back to.
+    pub name: String,
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Snapshot to export.
+    pub name: String,
+    #[command(flatten)]
+    pub target: Target,
+    /// Image file to write (must not exist).
+    #[arg(long, value_name = "IMAGE")]
+    pub to: PathBuf,
+}
+
+/// `diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Older snapshot.
+    pub from: String,
+    /// Newer snapshot (default: the live device).
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `daemon` (internal).
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The device spec as JSON.
+    #[arg(long)]
+    pub spec: String,
+    /// Take over a device whose daemon died instead of adding one.
+    #[arg(long)]
+    pub recover: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("snapblk").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn create_takes_the_contract_flags() {
+        let c = parse(&[
+            "create",
+            "--backing",
+            "d.img",
+            "--size",
+            "20G",
+            "--block-size",
+            "16K",
+            "-n",
+            "3",
+            "--foreground",
+        ])
+        .unwrap();
+        let Command::Create(a) = c.command else {
+            panic!("not create")
+        };
+        assert_eq!(a.backing, PathBuf::from("d.img"));
+        assert_eq!(a.size, Some(20 << 30));
+        assert_eq!(a.block_size, 16384);
+        assert_eq!(a.id, Some(3));
+        assert!(a.foreground);
+        assert_eq!(a.store, None);
+        assert_eq!((a.queues, a.depth), (1, 64));
+        assert!(parse(&["create", "--backing", "d.img", "--block-size", "3K"]).is_err());
+        assert!(parse(&["create"]).is_err(), "--backing is required");
+    }
+
+    #[test]
+    fn snapshot_verbs_take_online_or_offline_targets() {
+        let c = parse(&["snapshot", "create", "s1", "-n", "0"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Snapshot(SnapshotCommand::Create { ref name, ref target, .. })
+            if name == "s1" && target.id == Some(0))
+        );
+        let c = parse(&[
+            "snapshot",
+            "list",
+            "--backing",
+            "a",
+            "--store",
+            "b",
+            "--json",
+        ])
+        .unwrap();
+        assert!(
+            matches!(c.command, Command::Snapshot(SnapshotCommand::List { ref target, json: true })
+            if target.backing.is_some() && target.store.is_some())
+        );
+        // Neither or both kinds of target are refused.
+        assert!(parse(&["snapshot", "list"]).is_err());
+        assert!(parse(&["snapshot", "list", "-n", "0", "--backing", "a"]).is_err());
+        // --store alone is not a target.
+        assert!(parse(&["restore", "s", "--store", "b"]).is_err());
+    }
+
+    #[test]
+    fn restore_export_diff_status_parse() {
+        let c = parse(&["restore", "before", "-n", "2"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Restore(ref r) if r.name == "before" && r.target.id == Some(2))
+        );
+        let c = parse(&["export", "s", "-n", "0", "--to", "/tmp/x.img"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Export(ref e) if e.to == std::path::Path::new("/tmp/x.img"))
+        );
+        assert!(
+            parse(&["export", "s", "-n", "0"]).is_err(),
+            "--to is required"
+        );
+        let c = parse(&["diff", "a", "b", "-n", "0", "--json"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Diff(ref d) if d.from == "a" && d.to.as_deref() == Some("b") && d.json)
+        );
+        let c = parse(&["diff", "a", "--backing", "x"]).unwrap();
+        assert!(matches!(c.command, Command::Diff(ref d) if d.to.is_none()));
+        let c = parse(&["status", "--json"]).unwrap();
+        assert!(matches!(c.command, Command::Status(ref s) if s.id.is_none() && s.json));
+        let c = parse(&["delete", "-n", "4"]).unwrap();
+        assert!(matches!(c.command, Command::Delete(IdArgs { id: 4 })));
+        assert!(parse(&["delete"]).is_err());
+        let c = parse(&["recover", "-n", "1"]).unwrap();
+        assert!(matches!(c.command, Command::Recover(ref r) if r.id == 1 && !r.foreground));
+        let c = parse(&["check", "--backing", "x", "--store", "y"]).unwrap();
+        assert!(matches!(c.command, Command::Check(_)));
+    }
+}

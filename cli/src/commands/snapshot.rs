@@ -1,0 +1,178 @@
+//! snapshot create/list/delete, restore, export, diff, check: each works on
+//! a running device (`-n ID`) or offline on the files.
+
+use crate::args::{CheckArgs, DiffArgs, ExportArgs, RestoreArgs, SnapshotCommand};
+use crate::output;
+use crate::progress::Progress;
+use crate::session::{absolute, Access, Session};
+use anyhow::{bail, Result};
+use serde_json::Value;
+use ublk_target::control::Request;
+
+fn no_progress() -> impl FnMut(u64, u64) + Send {
+    |_, _| {}
+}
+
+/// `snapshot ...`.
+pub fn snapshot(cmd: SnapshotCommand) -> Result<()> {
+    match cmd {
+        SnapshotCommand::Create { name, target, json } => {
+            let s = Session::open(&target, Access::ReadWrite)?;
+            let v = s.request(
+                Request::SnapshotCreate { name: name.clone() },
+                &mut no_progress(),
+            )?;
+            s.close()?;
+            if json {
+                output::json(&v);
+            } else {
+                println!(
+                    "created snapshot {name} (id {})",
+                    v.get("id").and_then(Value::as_u64).unwrap_or(0)
+                );
+            }
+        }
+        SnapshotCommand::List { target, json } => {
+            let s = Session::open(&target, Access::ReadOnly)?;
+            let v = s.request(Request::SnapshotList, &mut no_progress())?;
+            s.close()?;
+            if json {
+                output::json(&v);
+            } else {
+                output::snapshots(&v);
+            }
+        }
+        SnapshotCommand::Delete { name, target } => {
+            let s = Session::open(&target, Access::ReadWrite)?;
+            s.request(
+                Request::SnapshotDelete { name: name.clone() },
+                &mut no_progress(),
+            )?;
+            s.close()?;
+            println!("deleted snapshot {name}");
+        }
+    }
+    Ok(())
+}
+
+/// `restore`.
+pub fn restore(a: RestoreArgs) -> Result<()> {
+    let s = Session::open(&a.target, Access::ReadWrite)?;
+    let bar = Progress::new(&format!("restore {}", a.name));
+    let res = s.request(
+        Request::Restore {
+            name: a.name.clone(),
+        },
+        &mut |d, t| bar.update(d, t),
+    );
+    bar.finish();
+    let id = s.id();
+    s.close()?;
+    let v = res?;
+    if a.json {
+        output::json(&v);
+        return Ok(());
+    }
+    let r = &v["report"];
+    let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+    println!(
+        "restored {}: {} blocks considered, {} written, {} already equal ({:.1} s)",
+        a.name,
+        n("blocks"),
+        n("written"),
+        n("skipped"),
+        v.get("secs").and_then(Value::as_f64).unwrap_or(0.0)
+    );
+    if let Some(pre) = r.get("pre_restore").and_then(Value::as_str) {
+        let how = match id {
+            Some(id) => format!("-n {id}"),
+            None => "with the same --backing/--store".into(),
+        };
+        println!("undo with: snapblk restore {pre} {how}");
+    }
+    Ok(())
+}
+
+/// `export`.
+pub fn export(a: ExportArgs) -> Result<()> {
+    let to = absolute(&a.to)?;
+    if to.exists() {
+        bail!(
+            "{} already exists: remove it or export to another path",
+            to.display()
+        );
+    }
+    let s = Session::open(&a.target, Access::ReadOnly)?;
+    let bar = Progress::new(&format!("export {}", a.name));
+    let res = s.request(
+        Request::Export {
+            name: a.name.clone(),
+            to: to.clone(),
+        },
+        &mut |d, t| bar.update(d, t),
+    );
+    bar.finish();
+    s.close()?;
+    res?;
+    println!("exported snapshot {} to {}", a.name, to.display());
+    Ok(())
+}
+
+/// `diff`.
+pub fn diff(a: DiffArgs) -> Result<()> {
+    let s = Session::open(&a.target, Access::ReadOnly)?;
+    let v = s.request(
+        Request::Diff {
+            from: a.from,
+            to: a.to,
+        },
+        &mut no_progress(),
+    )?;
+    s.close()?;
+    if a.json {
+        output::json(&v);
+    } else {
+        output::diff(&v);
+    }
+    Ok(())
+}
+
+/// `check`.
+pub fn check(a: CheckArgs) -> Result<()> {
+    let s = Session::open(&a.target, Access::ReadOnly)?;
+    let v = s.request(Request::Check, &mut no_progress())?;
+    s.close()?;
+    let problems: Vec<String> = v
+        .get("problems")
+        .and_then(Value::as_array)
+        .map(|p| {
+            p.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if a.json {
+        output::json(&v);
+    } else {
+        let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+        println!(
+            "checked {} snapshots, {} preserved blocks, {} unreferenced slots",
+            n("snapshots"),
+            n("preserved_blocks"),
+            n("unreferenced_slots")
+        );
+        for p in &problems {
+            println!("problem: {p}");
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "store check found {} problem(s): restore the store from a copy or a remote",
+            problems.len()
+        );
+    }
+    if !a.json {
+        println!("store is consistent");
+    }
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! `snapblk`: parse the command line, dispatch to a verb module, print one
+//! error line (naming the object and the fix) and exit non-zero on failure.
+
+mod args;
+mod commands;
+mod logging;
+mod output;
+mod progress;
+mod session;
+mod size;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    if !cli.command.is_daemon() {
+        // `snapblk list | head` should end quietly like any Unix tool; the
+        // daemon keeps ignoring SIGPIPE so a vanished client cannot kill it.
+        // SAFETY: resets one signal's disposition before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    logging::init(cli.command.is_daemon());
+    match commands::run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::debug!(error = ?e, "command failed");
+            eprintln!("snapblk: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Text and JSON rendering of replies.
+
+use serde_json::Value;
+
+/// Prints `v` as pretty JSON on stdout.
+pub fn json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+/// `1536` -> `1.5 KiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The snapshot table.
+pub fn snapshots(list: &Value) {
+    let empty = vec![];
+    let rows = list.as_array().unwrap_or(&empty);
+    if rows.is_empty() {
+        println!("no snapshots");
+        return;
+    }
+    println!(
+        "{:<6} {:<32} {:<20} {:>12}",
+        "ID", "NAME", "CREATED (UTC)", "PRESERVED"
+    );
+    for r in rows {
+        println!(
+            "{:<6} {:<32} {:<20} {:>12}",
+            u(r, "id"),
+            s(r, "name"),
+            utc(u(r, "created_unix")),
+            bytes(u(r, "preserved_bytes"))
+        );
+    }
+}
+
+/// A diff reply.
+pub fn diff(v: &Value) {
+    let bs = u(v, "block_size").max(1);
+    let changed = u(v, "changed_blocks");
+    let empty = vec![];
+    let ranges = v.get("ranges").and_then(Value::as_array).unwrap_or(&empty);
+    println!(
+        "{} -> {}: {changed} changed blocks ({}) in {} ranges, block size {bs}",
+        s(v, "from"),
+        v.get("to").and_then(Value::as_str).unwrap_or("(live)"),
+        bytes(changed * bs),
+        ranges.len()
+    );
+    for r in ranges {
+        let (start, len) = (u(r, "start"), u(r, "len"));
+        println!(
+            "{start}+{len}\tbytes {}..{}",
+            start * bs,
+            (start + len) * bs
+        );
+    }
+}
+
+/// A status reply: `{device, io, engine}` (device and io absent offline).
+pub fn status(v: &Value) {
+    if let Some(d) = v.get("device").filter(|d| !d.is_null()) {
+        println!(
+            "device      {} (id {}, {})",
+            s(d, "path"),
+            u(d, "id"),
+            s(d, "state")
+        );
+        if d.get("pid").is_some() {
+            println!("daemon pid  {}", u(d, "pid"));
+        }
+        println!("backing     {}", s(d, "backing"));
+        println!("store       {}", s(d, "store"));
+        if d.get("nr_queues").is_some() {
+            println!(
+                "queues      {} x depth {}, {} engine workers",
+                u(d, "nr_queues"),
+                u(d, "depth"),
+                u(d, "workers")
+            );
+        }
+    }
+    if let Some(e) = v.get("engine").filter(|e| !e.is_null()) {
+        if v.get("device").is_none_or(Value::is_null) {
+            println!("backing     {}", s(e, "origin"));
+            println!("store       {}", s(e, "store"));
+        }
+        println!(
+            "size        {} (block size {})",
+            bytes(u(e, "size_bytes")),
+            u(e, "block_size")
+        );
+        let cap = e
+            .get("store_capacity_bytes")
+            .and_then(Value::as_u64)
+            .map(|c| format!(" of {}", bytes(c)))
+            .unwrap_or_default();
+        let full = if e.get("store_full").and_then(Value::as_bool) == Some(true) {
+            "  STORE FULL: writes needing a preserve fail; delete snapshots"
+        } else {
+            ""
+        };
+        println!("store used  {}{cap}{full}", bytes(u(e, "store_used_bytes")));
+        if let Some(f) = e.get("failed").and_then(Value::as_str) {
+            println!("FAILED      {f}");
+        }
+        if let Some(r) = e.get("restore_in_progress").filter(|r| !r.is_null()) {
+            println!(
+                "RESTORE INTERRUPTED: target {}, run `snapblk restore {}` again to finish",
+                s(r, "target"),
+                s(r, "target")
+            );
+        }
+        let n = e
+            .get("snapshots")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        println!("snapshots   {n}");
+        if let Some(st) = e.get("stats") {
+            println!(
+                "writes      {} ({} blocks written, {} skipped identical, {} preserved, {} commit groups)",
+                u(st, "writes"),
+                u(st, "blocks_written"),
+                u(st, "blocks_skipped_identical"),
+                u(st, "preserves"),
+                u(st, "commit_groups")
+            );
+        }
+    }
+    if let Some(io) = v.get("io").filter(|x| !x.is_null()) {
+        println!(
+            "device io   {} reads ({}), {} writes ({}), {} flushes, {} discards, {} errors",
+            u(io, "reads"),
+            bytes(u(io, "bytes_read")),
+            u(io, "writes"),
+            bytes(u(io, "bytes_written")),
+            u(io, "flushes"),
+            u(io, "discards"),
+            u(io, "errors")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_bytes_and_times() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(20 << 30), "20.0 GiB");
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20");
+    }
+}

@@ -1,0 +1,165 @@
+//! Where a verb's request goes: to a running daemon over its control
+//! socket (`-n ID`), or straight to the engine on the files (`--backing`,
+//! offline). Both answer with the same JSON, so verbs print the same way.
+
+use crate::args::Target;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use snapmap::{Engine, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use ublk_target::control::{ops::engine_request, Client, Request};
+use ublk_target::rundir::{self, RunDir};
+use ublk_target::{DeviceSpec, Error};
+
+/// Whether an offline verb writes to the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// list, diff, export, check, status.
+    ReadOnly,
+    /// snapshot create/delete, restore.
+    ReadWrite,
+}
+
+/// An open target.
+pub enum Session {
+    /// A running daemon.
+    Online {
+        /// Device id.
+        id: u32,
+        /// Its control socket.
+        client: Client,
+    },
+    /// The engine opened in this process.
+    Offline {
+        /// The engine.
+        engine: Box<Engine>,
+    },
+}
+
+/// Makes `p` absolute against the current directory without requiring it to exist.
+pub fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("resolve path {}", p.display()))
+}
+
+/// The live daemon serving `backing` or `store`, if any, as (id, pid).
+pub fn serving_daemon(backing: &Path, store: &Path) -> Option<(u32, i32)> {
+    let same = |a: &Path, b: &Path| {
+        a == b
+            || (a
+                .canonicalize()
+                .ok()
+                .is_some_and(|x| Some(x) == b.canonicalize().ok()))
+    };
+    rundir::list_ids().into_iter().find_map(|id| {
+        let rd = RunDir::new(id);
+        let spec = rd.read_config().ok()?;
+        let pid = rd.live_pid()?;
+        (same(&spec.backing, backing) || same(&spec.store, store)).then_some((id, pid))
+    })
+}
+
+impl Session {
+    /// Opens the target named on the command line.
+    pub fn open(t: &Target, access: Access) -> Result<Session> {
+        match (t.id, &t.backing) {
+            (Some(id), _) => Session::online(id),
+            (None, Some(backing)) => Session::offline(backing, t.store.as_deref(), access),
+            (None, None) => {
+                bail!("name a device with -n ID, or its files with --backing PATH [--store PATH]")
+            }
+        }
+    }
+
+    /// Connects to the daemon of device `id`.
+    pub fn online(id: u32) -> Result<Session> {
+        let rd = RunDir::new(id);
+        let pid = rd.read_pid()?;
+        if !rundir::pid_alive(pid) {
+            return Err(Error::DaemonDead { id, pid }.into());
+        }
+        Ok(Session::Online {
+            id,
+            client: Client::new(&rd.socket_path()),
+        })
+    }
+
+    /// Opens the engine on the files; refuses while a daemon serves them.
+    pub fn offline(backing: &Path, store: Option<&Path>, access: Access) -> Result<Session> {
+        let backing = absolute(backing)?;
+        let store = match store {
+            Some(s) => absolute(s)?,
+            None => DeviceSpec::default_store(&backing),
+        };
+        if let Some((id, pid)) = serving_daemon(&backing, &store) {
+            bail!(
+                "{} is served by device {id} (daemon pid {pid}): use -n {id} instead of --backing, or `snapblk delete -n {id}` first",
+                backing.display()
+            );
+        }
+        if !backing.exists() {
+            bail!(
+                "backing file {} does not exist: check the --backing path",
+                backing.display()
+            );
+        }
+        if !store.exists() {
+            bail!(
+                "store {} does not exist: pass the store of {} with --store",
+                store.display(),
+                backing.display()
+            );
+        }
+        let opts = OpenOptions {
+            create: false,
+            read_only: access == Access::ReadOnly,
+            ..OpenOptions::default()
+        };
+        let engine = Engine::open_files(&backing, &store, &opts).with_context(|| {
+            format!(
+                "open store {} for backing file {}",
+                store.display(),
+                backing.display()
+            )
+        })?;
+        Ok(Session::Offline {
+            engine: Box::new(engine),
+        })
+    }
+
+    /// The device id when online.
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            Session::Online { id, .. } => Some(*id),
+            Session::Offline { .. } => None,
+        }
+    }
+
+    /// Sends one request; progress goes to `progress(done, total)`.
+    pub fn request(
+        &self,
+        req: Request,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<Value> {
+        req.validate().map_err(|e| anyhow!(e))?;
+        match self {
+            Session::Online { client, .. } => Ok(client.call(&req, progress)?),
+            Session::Offline { engine } => {
+                let p = Mutex::new(progress);
+                let report = |d: u64, t: u64| {
+                    let mut g = p.lock().unwrap_or_else(|e| e.into_inner());
+                    (*g)(d, t)
+                };
+                engine_request(engine, &req, &report).map_err(|e| anyhow!(e))
+            }
+        }
+    }
+
+    /// Closes an offline engine cleanly (checkpoint); no-op online.
+    pub fn close(self) -> Result<()> {
+        match self {
+            Session::Online { .. } => Ok(()),
+            Session::Offline { engine } => engine.close().context("close the store (checkpoint)"),
+        }
+    }
+}

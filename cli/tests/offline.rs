@@ -1,0 +1,218 @@
+//! The offline forms (`--backing PATH --store PATH`) run the real engine on
+//! temp files through the built binary, and the one-line errors users see.
+
+use snapmap::{Engine, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BS: usize = 4096;
+const BLOCKS: usize = 256;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    backing: PathBuf,
+    store: PathBuf,
+    original: Vec<u8>,
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
+}
+
+/// A store with snapshot `s1` of `original`, after which blocks 10..20 and
+/// 100 were overwritten.
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("disk.img");
+    let store = dir.path().join("disk.img.snapstore");
+    let opts = OpenOptions {
+        size: Some((BS * BLOCKS) as u64),
+        ..OpenOptions::default()
+    };
+    let e = Engine::open_files(&backing, &store, &opts).unwrap();
+    let original = pattern(1, BS * BLOCKS);
+    e.write(0, &original).unwrap();
+    e.create_snapshot("s1").unwrap();
+    e.write((10 * BS) as u64, &pattern(7, 10 * BS)).unwrap();
+    e.write((100 * BS) as u64, &pattern(9, BS)).unwrap();
+    e.close().unwrap();
+    Fixture {
+        dir,
+        backing,
+        store,
+        original,
+    }
+}
+
+fn snapblk(run_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snapblk"))
+        .args(args)
+        .env("SNAPBLK_RUN_DIR", run_dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails_with(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "unexpected success: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "error is not one line: {err:?}"
+    );
+}
+
+impl Fixture {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend([
+            "--backing",
+            self.backing.to_str().unwrap(),
+            "--store",
+            self.store.to_str().unwrap(),
+        ]);
+        snapblk(self.dir.path(), &v)
+    }
+}
+
+#[test]
+fn offline_list_diff_export_restore_check() {
+    let f = fixture();
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&f.run(&["snapshot", "list", "--json"]))).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["s1"]);
+
+    let diff: serde_json::Value =
+        serde_json::from_str(&ok(&f.run(&["diff", "s1", "--json"]))).unwrap();
+    assert_eq!(diff["changed_blocks"], 11, "{diff}");
+    let text = ok(&f.run(&["diff", "s1"]));
+    assert!(text.contains("11 changed blocks"), "{text}");
+
+    let img = f.dir.path().join("s1.img");
+    ok(&f.run(&["export", "s1", "--to", img.to_str().unwrap()]));
+    assert!(
+        std::fs::read(&img).unwrap() == f.original,
+        "export differs from the snapshot"
+    );
+    fails_with(
+        &f.run(&["export", "s1", "--to", img.to_str().unwrap()]),
+        "already exists",
+    );
+
+    let live = std::fs::read(&f.backing).unwrap();
+    assert!(live != f.original);
+    let out = ok(&f.run(&["restore", "s1"]));
+    assert!(
+        out.contains("undo with: snapblk restore pre-restore"),
+        "{out}"
+    );
+    assert!(
+        std::fs::read(&f.backing).unwrap() == f.original,
+        "restore did not bring back s1"
+    );
+
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&f.run(&["status", "--json"]))).unwrap();
+    let snaps = status["engine"]["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 2, "s1 plus the pre-restore snapshot: {status}");
+
+    let out = ok(&f.run(&["check"]));
+    assert!(out.contains("store is consistent"), "{out}");
+
+    ok(&f.run(&["snapshot", "delete", "s1"]));
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&f.run(&["snapshot", "list", "--json"]))).unwrap();
+    assert!(list.as_array().unwrap().iter().all(|s| s["name"] != "s1"));
+}
+
+#[test]
+fn offline_errors_name_the_fix() {
+    let f = fixture();
+    // A store used with another backing file.
+    let other = f.dir.path().join("other.img");
+    std::fs::write(&other, vec![0u8; BS * BLOCKS]).unwrap();
+    let o = snapblk(
+        f.dir.path(),
+        &[
+            "snapshot",
+            "list",
+            "--backing",
+            other.to_str().unwrap(),
+            "--store",
+            f.store.to_str().unwrap(),
+        ],
+    );
+    fails_with(&o, "belongs to");
+    // A missing store.
+    let o = snapblk(
+        f.dir.path(),
+        &["snapshot", "list", "--backing", other.to_str().unwrap()],
+    );
+    fails_with(&o, "does not exist");
+    // An unknown snapshot.
+    fails_with(&f.run(&["restore", "nope"]), "does not exist");
+    // A device id with no daemon state.
+    fails_with(
+        &snapblk(f.dir.path(), &["snapshot", "list", "-n", "42"]),
+        "no snapblk device 42",
+    );
+    // A bad snapshot name never reaches the engine.
+    fails_with(
+        &f.run(&["snapshot", "create", "a b"]),
+        "invalid snapshot name",
+    );
+}
+
+#[test]
+fn create_reports_missing_backing_and_missing_kernel_module() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("nope.img");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let o = snapblk(
+        d.path(),
+        &["create", "--backing", missing.to_str().unwrap()],
+    );
+    if !root {
+        fails_with(&o, "needs root");
+    } else if !Path::new("/dev/ublk-control").exists() {
+        fails_with(&o, "modprobe ublk_drv");
+        let o = snapblk(
+            d.path(),
+            &[
+                "create",
+                "--backing",
+                missing.to_str().unwrap(),
+                "--size",
+                "1M",
+            ],
+        );
+        fails_with(&o, "modprobe ublk_drv");
+    } else {
+        fails_with(&o, "does not exist");
+    }
+}
