@@ -411,7 +411,9 @@ impl Engine {
             )));
         }
         let ident = origin.identity().unwrap_or_default();
-        let (st, ix, pos) = Store::format(store.clone(), bs, size, ident, opts.store_grow_bytes)?;
+        let cap = opts.max_store_bytes.map(|b| b / bs as u64);
+        let (st, ix, pos) =
+            Store::format(store.clone(), bs, size, ident, opts.store_grow_bytes, cap)?;
         Engine::assemble(origin, store, st, ix, pos, Recovery::default(), opts)
     }
 
@@ -478,6 +480,7 @@ impl Engine {
             limit = Some(limit.map_or(dev_slots, |l| l.min(dev_slots)));
         }
         ix.alloc.set_limit(limit);
+        store.set_cap(limit);
         let zero = vec![0u8; bs as usize];
         Ok(Engine {
             origin_name: origin.name(),

@@ -53,6 +53,7 @@ pub struct Store {
     sb: Superblock,
     read_only: bool,
     grow_step: u64,
+    cap_slots: Option<u64>,
 }
 
 /// Default growth step of a store file, in bytes.
@@ -103,6 +104,7 @@ impl Store {
         origin_size: u64,
         origin: Identity,
         grow_step: u64,
+        cap_slots: Option<u64>,
     ) -> Result<(Store, Index, JournalPos)> {
         let mut ix = Index::empty();
         let journal_slot = ix.alloc.alloc_meta(1).map_or(SUPER_SLOTS, |v| v[0]);
@@ -127,6 +129,7 @@ impl Store {
             sb,
             read_only: false,
             grow_step: grow_step.max(block_size as u64),
+            cap_slots,
         };
         if let Err(e) = store.ensure_slots(journal_slot + 1) {
             let (GroupError::Write(e) | GroupError::Sync(e)) = e;
@@ -228,6 +231,7 @@ impl Store {
                 sb: sb.clone(),
                 read_only,
                 grow_step: GROW_STEP,
+                cap_slots: None,
             };
             match store.load() {
                 Ok((mut ix, pos, mut recovery, max_epoch)) => {
@@ -455,6 +459,11 @@ impl Store {
         self.grow_step = bytes.max(self.sb.block_size as u64);
     }
 
+    /// Caps growth at `slots` slots (the store's configured size limit).
+    pub fn set_cap(&mut self, slots: Option<u64>) {
+        self.cap_slots = slots;
+    }
+
     /// Makes sure slots `0..needed` exist on the device, growing it (by at least a quarter, or
     /// the grow step) and recording the new length in the superblock before any of the new
     /// slots is used. A failed growth leaves the store as it was ([`GroupError::Write`]); a
@@ -465,7 +474,10 @@ impl Store {
         }
         let bs = self.sb.block_size as u64;
         let cur = self.sb.reserved_slots;
-        let target = needed.max(cur + cur / 4).max(cur + self.grow_step / bs);
+        let target = needed
+            .max(cur + cur / 4)
+            .max(cur + self.grow_step / bs)
+            .min(self.cap_slots.unwrap_or(u64::MAX).max(needed));
         let len = self
             .dev
             .len()

@@ -456,3 +456,47 @@ fn concurrent_first_writes_share_one_commit_group() {
     );
     assert!(st.max_group_requests >= 4, "{st:?}");
 }
+
+#[test]
+fn a_store_capped_below_its_growth_step_fills_cleanly_with_large_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("full.img");
+    let st = dir.path().join("full.store");
+    let opts = OpenOptions {
+        size: Some(64 << 20),
+        max_store_bytes: Some(8 << 20),
+        ..OpenOptions::default()
+    };
+    let e = Arc::new(Engine::open_files(&a, &st, &opts).unwrap());
+    let mb = vec![0x11u8; 1 << 20];
+    for i in 0..16u64 {
+        e.write(i << 20, &mb).unwrap();
+    }
+    e.create_snapshot("s").unwrap();
+    let hs: Vec<_> = (0..4u64)
+        .map(|t| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                let mb = vec![0x22u8 + t as u8; 1 << 20];
+                let mut errs = 0;
+                for i in (t..16).step_by(4) {
+                    if e.write(i << 20, &mb).is_err() {
+                        errs += 1;
+                    }
+                }
+                errs
+            })
+        })
+        .collect();
+    let errs: u32 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(errs > 0, "16 MiB of changes fit in an 8 MiB store");
+    assert!(e.status().store_full);
+    let rep = e.check().unwrap();
+    assert!(rep.ok(), "{:?}", rep.problems);
+    assert_eq!(rep.unreferenced_slots, 0);
+    let len = std::fs::metadata(&st).unwrap().len();
+    assert!(
+        len <= 8 << 20,
+        "store grew to {len} bytes past its 8 MiB cap"
+    );
+}

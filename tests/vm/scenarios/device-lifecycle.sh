@@ -136,7 +136,11 @@ store_full() {
     fi
     cat "$ERR"
     grep -q "No space left" "$ERR" || { "$S" delete -n 10; return 1; }
-    "$S" status -n 10 | tee /dev/stderr | grep -q "STORE FULL" || { "$S" delete -n 10; return 1; }
+    # (Not `| tee | grep -q`: grep -q exits at the first match, tee dies of SIGPIPE, and
+    # pipefail turns a found match into a failure.)
+    "$S" status -n 10 >"$VM_SCRATCH/full.status" || { "$S" delete -n 10; return 1; }
+    cat "$VM_SCRATCH/full.status"
+    grep -q "STORE FULL" "$VM_SCRATCH/full.status" || { "$S" delete -n 10; return 1; }
     "$S" check -n 10 || { "$S" delete -n 10; return 1; }
     "$S" delete -n 10
 }
