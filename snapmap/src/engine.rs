@@ -610,6 +610,60 @@ impl Engine {
         Ok(())
     }
 
+    /// Reads the preserved copies `refs[i]` (where present) into `img` at block `i` (block
+    /// `b0 + i` of the device), coalescing consecutive store slots into single reads: deltas
+    /// written by sequential or batched writes sit in consecutive slots.
+    fn read_slots(&self, b0: u64, refs: &[Option<SlotRef>], img: &mut [u8]) -> Result<()> {
+        let bs = self.bs as usize;
+        let mut order: Vec<(usize, SlotRef)> = refs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.map(|r| (i, r)))
+            .collect();
+        order.sort_unstable_by_key(|(_, r)| r.slot);
+        let mut k = 0;
+        let mut tmp = AlignedBuf::zeroed(0);
+        while k < order.len() {
+            let mut j = k + 1;
+            while j < order.len() && order[j].1.slot == order[j - 1].1.slot + 1 {
+                j += 1;
+            }
+            if j - k == 1 {
+                let (i, r) = order[k];
+                self.read_slot(r, &mut img[i * bs..(i + 1) * bs], b0 + i as u64)?;
+            } else {
+                if tmp.len() < (j - k) * bs {
+                    tmp = AlignedBuf::zeroed((j - k) * bs);
+                }
+                let first = order[k].1.slot;
+                self.store_dev
+                    .read_at(&mut tmp[..(j - k) * bs], first * bs as u64)
+                    .map_err(|e| {
+                        Error::io(
+                            format!("read preserved blocks from store {}", self.store_name),
+                            e,
+                        )
+                    })?;
+                for (m, &(i, r)) in order[k..j].iter().enumerate() {
+                    let bytes = &tmp[m * bs..(m + 1) * bs];
+                    if crc32fast::hash(bytes) != r.crc {
+                        return Err(Error::Corrupt {
+                            store: self.store_name.clone(),
+                            detail: format!(
+                                "preserved copy of block {} in slot {} fails its checksum",
+                                b0 + i as u64,
+                                r.slot
+                            ),
+                        });
+                    }
+                    img[i * bs..(i + 1) * bs].copy_from_slice(bytes);
+                }
+            }
+            k = j;
+        }
+        Ok(())
+    }
+
     fn snap_pos(&self, ix: &Index, name: &str) -> Result<usize> {
         ix.pos_by_name(name)
             .ok_or_else(|| Error::NoSuchSnapshot(name.to_string()))
@@ -637,15 +691,7 @@ impl Engine {
         // origin read. It records the preserve before touching the origin, so a second lookup
         // sees every block whose origin bytes we may have read too late.
         let second = resolve(&read_lock(&self.index))?;
-        for i in 0..n {
-            if let Some(r) = second[i] {
-                self.read_slot(
-                    r,
-                    &mut img[i * bs as usize..(i + 1) * bs as usize],
-                    b0 + i as u64,
-                )?;
-            }
-        }
+        self.read_slots(b0, &second, &mut img)?;
         let start = (off - b0 * bs) as usize;
         buf.copy_from_slice(&img[start..start + buf.len()]);
         Ok(())
@@ -1373,7 +1419,9 @@ impl Engine {
         let done = AtomicU64::new(0);
         let written = AtomicU64::new(0);
         let first_err: Mutex<Option<Error>> = Mutex::new(None);
-        let workers = 8.min(runs.len().max(1));
+        // Enough runs in flight to keep both devices busy (each run waits on reads and on a
+        // group commit in turn).
+        let workers = 16.min(runs.len().max(1));
         progress(0, total);
         std::thread::scope(|s| {
             for _ in 0..workers {
@@ -1434,11 +1482,7 @@ impl Engine {
         let mut data = AlignedBuf::zeroed(n as usize * bs);
         // Blocks with no preserved copy already hold the snapshot's bytes in the origin.
         let origin_blocks = self.read_origin_where(b0, &refs, |r| r.is_none(), &mut data)?;
-        for (i, r) in refs.iter().enumerate() {
-            if let Some(r) = r {
-                self.read_slot(*r, &mut data[i * bs..(i + 1) * bs], b0 + i as u64)?;
-            }
-        }
+        self.read_slots(b0, &refs, &mut data)?;
         let before = self.counters.blocks_written.load(Ordering::Relaxed);
         // Refs of None read the origin into `data`; mark them as known-equal so they are skipped.
         if origin_blocks > 0 {
