@@ -1,0 +1,197 @@
+//! `s3://bucket/prefix` target (rust-s3, path-style addressing).
+//!
+//! Endpoint, region and keys come from [`Credentials`] (environment or config file).
+//! The signing region must equal the server's region (Garage: `s3_region`).
+//! `If-None-Match: *` is sent on every PUT for servers that honour it; Garage ignores it,
+//! so never-overwrite rests on unique keys plus the HEAD check in [`crate::target::publish`].
+
+use crate::credentials::Credentials;
+use crate::error::{Error, Result};
+use crate::target::{Target, TargetError, TargetErrorKind, TargetResult};
+use s3::error::S3Error;
+use s3::{Bucket, Region};
+use std::time::Duration;
+
+/// Timeout of one HTTP request (connect + transfer).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A bucket (and key prefix) on an S3-compatible server.
+pub struct S3Target {
+    bucket: Box<Bucket>,
+    prefix: String,
+    id: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for S3Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Target")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Target {
+    /// Connects lazily to `bucket` under `prefix` (no request is made here).
+    pub fn new(bucket: &str, prefix: &str, creds: &Credentials) -> Result<S3Target> {
+        let endpoint = creds.endpoint.clone().ok_or_else(|| {
+            Error::Credentials("no S3 endpoint: set AWS_ENDPOINT_URL (e.g. http://127.0.0.1:3900) in the environment or config file".into())
+        })?;
+        let region = creds
+            .region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let (Some(ak), Some(sk)) = (&creds.access_key, &creds.secret_key) else {
+            return Err(Error::Credentials(
+                "no S3 keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment or config file".into(),
+            ));
+        };
+        let c = s3::creds::Credentials::new(Some(ak), Some(sk), None, None, None).map_err(|e| {
+            Error::Credentials(format!("S3 credentials rejected by the client: {e}"))
+        })?;
+        let bucket = Bucket::new(
+            bucket,
+            Region::Custom {
+                region,
+                endpoint: endpoint.clone(),
+            },
+            c,
+        )
+        .map_err(|e| Error::Url {
+            url: format!("s3://{bucket}/{prefix}"),
+            detail: format!("client setup failed: {e}"),
+        })?
+        .with_path_style()
+        .with_request_timeout(REQUEST_TIMEOUT)
+        .map_err(|e| Error::Invalid(format!("S3 client timeout setup failed: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("tokio runtime", "start S3 client runtime", e))?;
+        let prefix = prefix.trim_matches('/');
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let host = endpoint
+            .split("://")
+            .nth(1)
+            .unwrap_or(&endpoint)
+            .trim_end_matches('/');
+        let id = format!(
+            "s3://{host}/{}/{}",
+            bucket.name,
+            prefix.trim_end_matches('/')
+        );
+        Ok(S3Target {
+            bucket,
+            prefix,
+            id,
+            rt,
+        })
+    }
+
+    fn err(&self, key: &str, op: &str, e: S3Error) -> TargetError {
+        let object = format!("{}/{key}", self.id.trim_end_matches('/'));
+        let (kind, detail) = match &e {
+            S3Error::HttpFailWithBody(code, body) => {
+                let body: String = body.chars().take(300).collect();
+                match *code {
+                    404 => (TargetErrorKind::NotFound, format!("{op}: not found")),
+                    412 => (TargetErrorKind::AlreadyExists, format!("{op}: object already exists")),
+                    401 | 403 => (
+                        TargetErrorKind::Auth,
+                        format!("{op}: HTTP {code}: access denied; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the key's permissions on the bucket ({body})"),
+                    ),
+                    400 if body.contains("AuthorizationHeaderMalformed") || body.contains("region") => (
+                        TargetErrorKind::Auth,
+                        format!("{op}: HTTP 400: signature region rejected; set AWS_REGION to the server's region (Garage: s3_region) ({body})"),
+                    ),
+                    408 | 429 | 500..=599 => (TargetErrorKind::Transient, format!("{op}: HTTP {code} ({body})")),
+                    _ => (TargetErrorKind::Permanent, format!("{op}: HTTP {code} ({body})")),
+                }
+            }
+            S3Error::Reqwest(_) | S3Error::Io(_) | S3Error::HttpFail => (
+                TargetErrorKind::Transient,
+                format!("{op}: {e}; check that the endpoint (AWS_ENDPOINT_URL) is reachable"),
+            ),
+            _ => (TargetErrorKind::Permanent, format!("{op}: {e}")),
+        };
+        TargetError::new(kind, object, detail)
+    }
+}
+
+impl Target for S3Target {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn put_new(&self, key: &str, data: &[u8]) -> TargetResult<()> {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::IF_NONE_MATCH,
+            http::HeaderValue::from_static("*"),
+        );
+        let path = format!("{}{key}", self.prefix);
+        self.rt
+            .block_on(self.bucket.put_object_with_headers(&path, data, Some(h)))
+            .map(|_| ())
+            .map_err(|e| self.err(key, "PUT", e))
+    }
+
+    fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>> {
+        let path = format!("{}{key}", self.prefix);
+        let r = self
+            .rt
+            .block_on(self.bucket.get_object(&path))
+            .map_err(|e| self.err(key, "GET", e))?;
+        let b = r.bytes();
+        if b.len() as u64 > max_len {
+            return Err(TargetError::new(
+                TargetErrorKind::Permanent,
+                format!("{}/{key}", self.id),
+                format!("object is {} bytes, more than the {max_len} allowed for it; it is not a valid snapblk object", b.len()),
+            ));
+        }
+        Ok(b.to_vec())
+    }
+
+    fn head(&self, key: &str) -> TargetResult<Option<u64>> {
+        let path = format!("{}{key}", self.prefix);
+        match self.rt.block_on(self.bucket.head_object(&path)) {
+            Ok((h, _)) => Ok(Some(h.content_length.unwrap_or(0).max(0) as u64)),
+            Err(e) => match self.err(key, "HEAD", e) {
+                t if t.kind == TargetErrorKind::NotFound => Ok(None),
+                t => Err(t),
+            },
+        }
+    }
+
+    fn list(&self, prefix: &str) -> TargetResult<Vec<String>> {
+        let full = format!("{}{prefix}", self.prefix);
+        let pages = self
+            .rt
+            .block_on(self.bucket.list(full, None))
+            .map_err(|e| self.err(prefix, "LIST", e))?;
+        let mut keys: Vec<String> = pages
+            .into_iter()
+            .flat_map(|p| p.contents)
+            .filter_map(|o| o.key.strip_prefix(&self.prefix).map(str::to_string))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn delete(&self, key: &str) -> TargetResult<()> {
+        let path = format!("{}{key}", self.prefix);
+        match self.rt.block_on(self.bucket.delete_object(&path)) {
+            Ok(_) => Ok(()),
+            Err(e) => match self.err(key, "DELETE", e) {
+                t if t.kind == TargetErrorKind::NotFound => Ok(()),
+                t => Err(t),
+            },
+        }
+    }
+}

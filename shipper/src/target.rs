@@ -1,0 +1,282 @@
+//! The `Target` trait every backend implements, its error type, and the retry policy.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a target request failed; decides whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetErrorKind {
+    /// The object does not exist.
+    NotFound,
+    /// `put_new` found the key already taken.
+    AlreadyExists,
+    /// The target refused our identity (wrong key/credentials, unauthenticated peer).
+    Auth,
+    /// Worth retrying: connection refused/reset, timeout, 5xx, throttling.
+    Transient,
+    /// Retrying will not help: bad request, permission, protocol violation.
+    Permanent,
+}
+
+/// A failed request to a target. The message never contains secrets.
+#[derive(Debug, Clone)]
+pub struct TargetError {
+    /// The class of failure.
+    pub kind: TargetErrorKind,
+    /// Target (redacted URL) and object key the request was about.
+    pub object: String,
+    /// What happened and what to do about it.
+    pub detail: String,
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.detail)
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+impl TargetError {
+    /// Builds an error of `kind` about `object`.
+    pub fn new(
+        kind: TargetErrorKind,
+        object: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        TargetError {
+            kind,
+            object: object.into(),
+            detail: detail.into(),
+        }
+    }
+    /// True when another attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.kind == TargetErrorKind::Transient
+    }
+}
+
+/// Result of a target request.
+pub type TargetResult<T> = std::result::Result<T, TargetError>;
+
+/// A place that stores the remote layout (`REMOTE-FORMAT.md`): a flat namespace of
+/// immutable objects addressed by `/`-separated keys.
+///
+/// Implementations make one attempt per call; [`Retry`] wraps them with backoff.
+pub trait Target: Send + Sync {
+    /// Stable, secret-free identity of the location (used to name ship points), e.g.
+    /// `file:///srv/backup`, `s3://host:port/bucket/prefix`, `peer://host:port`.
+    fn id(&self) -> String;
+    /// Stores `data` under `key` only if `key` does not exist yet, durably before returning
+    /// where the backend allows it. Fails with [`TargetErrorKind::AlreadyExists`] when the
+    /// key is taken (best effort on servers that ignore conditional writes: see S3).
+    fn put_new(&self, key: &str, data: &[u8]) -> TargetResult<()>;
+    /// Reads a whole object, refusing objects larger than `max_len`.
+    fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>>;
+    /// Size of the object, or `None` when it does not exist.
+    fn head(&self, key: &str) -> TargetResult<Option<u64>>;
+    /// All keys starting with `prefix`, sorted.
+    fn list(&self, prefix: &str) -> TargetResult<Vec<String>>;
+    /// Removes an object; removing a missing object succeeds.
+    fn delete(&self, key: &str) -> TargetResult<()>;
+}
+
+impl<T: Target + ?Sized> Target for std::sync::Arc<T> {
+    fn id(&self) -> String {
+        (**self).id()
+    }
+    fn put_new(&self, key: &str, data: &[u8]) -> TargetResult<()> {
+        (**self).put_new(key, data)
+    }
+    fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>> {
+        (**self).get(key, max_len)
+    }
+    fn head(&self, key: &str) -> TargetResult<Option<u64>> {
+        (**self).head(key)
+    }
+    fn list(&self, prefix: &str) -> TargetResult<Vec<String>> {
+        (**self).list(prefix)
+    }
+    fn delete(&self, key: &str) -> TargetResult<()> {
+        (**self).delete(key)
+    }
+}
+
+impl<T: Target + ?Sized> Target for Box<T> {
+    fn id(&self) -> String {
+        (**self).id()
+    }
+    fn put_new(&self, key: &str, data: &[u8]) -> TargetResult<()> {
+        (**self).put_new(key, data)
+    }
+    fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>> {
+        (**self).get(key, max_len)
+    }
+    fn head(&self, key: &str) -> TargetResult<Option<u64>> {
+        (**self).head(key)
+    }
+    fn list(&self, prefix: &str) -> TargetResult<Vec<String>> {
+        (**self).list(prefix)
+    }
+    fn delete(&self, key: &str) -> TargetResult<()> {
+        (**self).delete(key)
+    }
+}
+
+/// Exponential backoff applied to every target request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Total attempts per request (at least 1).
+    pub attempts: u32,
+    /// Delay before the second attempt; doubles each time.
+    pub initial: Duration,
+    /// Upper bound of one delay.
+    pub max_delay: Duration,
+}
+
+impl Default for Retry {
+    /// 8 attempts, 200 ms doubling to 5 s: rides out about 20 s of outage.
+    fn default() -> Self {
+        Retry {
+            attempts: 8,
+            initial: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Retry {
+    /// No retries at all (for tests and interactive checks).
+    pub fn none() -> Self {
+        Retry {
+            attempts: 1,
+            initial: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails permanently, or attempts run out.
+    pub fn run<T>(&self, what: &str, mut op: impl FnMut() -> TargetResult<T>) -> TargetResult<T> {
+        let mut delay = self.initial;
+        let attempts = self.attempts.max(1);
+        let mut n = 1;
+        loop {
+            match op() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && n < attempts => {
+                    tracing::warn!(
+                        attempt = n,
+                        of = attempts,
+                        "{what}: {e}; retrying in {delay:?}"
+                    );
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(self.max_delay);
+                    n += 1;
+                }
+                Err(mut e) => {
+                    if e.is_transient() {
+                        e.detail = format!("{} (gave up after {attempts} attempts; check that the target is reachable and retry)", e.detail);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Wraps a target so that every request is retried with backoff on transient failures.
+///
+/// rust-s3 never retries a single PUT or DELETE, and a peer connection can drop at any
+/// time; retrying here covers every backend the same way.
+#[derive(Debug)]
+pub struct Retrying<T> {
+    inner: T,
+    policy: Retry,
+}
+
+impl<T: Target> Retrying<T> {
+    /// Wraps `inner` with `policy`.
+    pub fn new(inner: T, policy: Retry) -> Self {
+        Retrying { inner, policy }
+    }
+    /// The wrapped target.
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: Target> Target for Retrying<T> {
+    fn id(&self) -> String {
+        self.inner.id()
+    }
+    fn put_new(&self, key: &str, data: &[u8]) -> TargetResult<()> {
+        self.policy
+            .run(&format!("PUT {key}"), || self.inner.put_new(key, data))
+    }
+    fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>> {
+        self.policy
+            .run(&format!("GET {key}"), || self.inner.get(key, max_len))
+    }
+    fn head(&self, key: &str) -> TargetResult<Option<u64>> {
+        self.policy
+            .run(&format!("HEAD {key}"), || self.inner.head(key))
+    }
+    fn list(&self, prefix: &str) -> TargetResult<Vec<String>> {
+        self.policy
+            .run(&format!("LIST {prefix}"), || self.inner.list(prefix))
+    }
+    fn delete(&self, key: &str) -> TargetResult<()> {
+        self.policy
+            .run(&format!("DELETE {key}"), || self.inner.delete(key))
+    }
+}
+
+/// Publishes an immutable object exactly once.
+///
+/// A retried PUT whose first attempt did land finds the key taken; that counts as success
+/// only when the stored object is ours. `content_addressed` keys embed the content hash,
+/// so an equal size suffices there; other keys (manifests) are compared byte for byte.
+/// Returns `true` when the object was already present (nothing uploaded).
+/// Retries come from the target (wrap it in [`Retrying`]).
+pub fn publish(
+    target: &dyn Target,
+    key: &str,
+    data: &[u8],
+    content_addressed: bool,
+) -> TargetResult<bool> {
+    // Check before put: Garage and others ignore conditional writes, so the HEAD is what
+    // keeps a resumed point from uploading (or overwriting) what is already there.
+    if let Some(size) = target.head(key)? {
+        check_same(target, key, data, size, content_addressed)?;
+        return Ok(true);
+    }
+    match target.put_new(key, data) {
+        Ok(()) => Ok(false),
+        // A retried PUT whose earlier attempt landed: fine if the object is ours.
+        Err(e) if e.kind == TargetErrorKind::AlreadyExists => {
+            let size = target.head(key)?.unwrap_or(u64::MAX);
+            check_same(target, key, data, size, content_addressed).map(|_| false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn check_same(
+    target: &dyn Target,
+    key: &str,
+    data: &[u8],
+    size: u64,
+    content_addressed: bool,
+) -> TargetResult<()> {
+    let same = size == data.len() as u64
+        && (content_addressed || target.get(key, data.len() as u64)? == data);
+    if same {
+        Ok(())
+    } else {
+        Err(TargetError::new(
+            TargetErrorKind::AlreadyExists,
+            format!("{}/{key}", target.id()),
+            "a different object is already published under this key; another writer ships to this target, or the local ship state was lost: use one target per volume",
+        ))
+    }
+}

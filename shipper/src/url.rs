@@ -1,0 +1,204 @@
+//! The one place where a target URL becomes a [`Target`].
+//!
+//! Accepted forms:
+//! - `file:///absolute/dir` (or `file://relative/dir`)
+//! - `s3://bucket/optional/prefix` — endpoint, region and keys from [`Credentials`]
+//! - `peer://host:port` — pre-shared key from [`Credentials::peer_key`]
+//!
+//! URLs never carry secrets: a `user:password@` part is refused.
+
+use crate::credentials::Credentials;
+use crate::error::{Error, Result};
+use crate::file::FileTarget;
+use crate::peer::PeerTarget;
+use crate::s3::S3Target;
+use crate::target::{Retrying, Target};
+
+/// A parsed target URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetUrl {
+    /// A local directory.
+    File(String),
+    /// Bucket and key prefix (without surrounding slashes; may be empty).
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+    },
+    /// `host:port` of a receiver.
+    Peer(String),
+}
+
+impl TargetUrl {
+    /// Parses `url`; errors say which form was expected.
+    pub fn parse(url: &str) -> Result<TargetUrl> {
+        let bad = |d: &str| Error::Url {
+            url: url.to_string(),
+            detail: d.to_string(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected file:///DIR, s3://BUCKET/PREFIX or peer://HOST:PORT"))?;
+        let authority = rest.split('/').next().unwrap_or("");
+        if authority.contains('@') {
+            return Err(bad("credentials must not be in the URL; use AWS_* environment variables, a config file or a key file"));
+        }
+        match scheme {
+            "file" => {
+                if rest.is_empty() {
+                    return Err(bad(
+                        "file URL without a directory; write file:///path/to/dir",
+                    ));
+                }
+                Ok(TargetUrl::File(rest.to_string()))
+            }
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let ok = (3..=63).contains(&bucket.len())
+                    && bucket.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                    });
+                if !ok {
+                    return Err(bad("bucket name must be 3-63 characters of a-z, 0-9, '-' and '.'; write s3://BUCKET/PREFIX"));
+                }
+                let prefix = prefix.trim_matches('/');
+                if !prefix.is_empty() && crate::file::validate_key(prefix).is_err() {
+                    return Err(bad("prefix must be '/'-separated parts of A-Z a-z 0-9 . _ - (no empty or dot-leading parts)"));
+                }
+                Ok(TargetUrl::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: prefix.to_string(),
+                })
+            }
+            "peer" => {
+                let hp = rest.trim_end_matches('/');
+                let port_ok = hp
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !port_ok || hp.contains('/') {
+                    return Err(bad("write peer://HOST:PORT (e.g. peer://10.0.0.2:7070)"));
+                }
+                Ok(TargetUrl::Peer(hp.to_string()))
+            }
+            other => Err(bad(&format!(
+                "unknown scheme {other:?}; use file://, s3:// or peer://"
+            ))),
+        }
+    }
+
+    /// Builds the target, wrapped with the retry policy from `creds`.
+    pub fn open(&self, creds: &Credentials) -> Result<Box<dyn Target>> {
+        Ok(match self {
+            TargetUrl::File(dir) => {
+                Box::new(Retrying::new(FileTarget::new(dir.as_str())?, creds.retry))
+            }
+            TargetUrl::S3 { bucket, prefix } => Box::new(Retrying::new(
+                S3Target::new(bucket, prefix, creds)?,
+                creds.retry,
+            )),
+            TargetUrl::Peer(addr) => {
+                let key = creds.peer_key.clone().ok_or_else(|| {
+                    Error::Credentials(format!("peer://{addr} needs the pre-shared key: pass the key file (SNAPBLK_PEER_KEY_FILE or --key-file)"))
+                })?;
+                Box::new(Retrying::new(PeerTarget::new(addr, key), creds.retry))
+            }
+        })
+    }
+}
+
+/// Parses `url` and opens the target it names (the CLI's single entry point).
+pub fn target_from_url(url: &str, creds: &Credentials) -> Result<Box<dyn Target>> {
+    TargetUrl::parse(url)?.open(creds)
+}
+
+impl dyn Target {
+    /// Same as [`target_from_url`]: `<dyn Target>::from_url("s3://b/p", &creds)`.
+    pub fn from_url(url: &str, creds: &Credentials) -> Result<Box<dyn Target>> {
+        target_from_url(url, creds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_forms() {
+        assert_eq!(
+            TargetUrl::parse("file:///srv/b").unwrap(),
+            TargetUrl::File("/srv/b".into())
+        );
+        assert_eq!(
+            TargetUrl::parse("s3://bkt/a/b/").unwrap(),
+            TargetUrl::S3 {
+                bucket: "bkt".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert_eq!(
+            TargetUrl::parse("s3://bkt").unwrap(),
+            TargetUrl::S3 {
+                bucket: "bkt".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            TargetUrl::parse("peer://127.0.0.1:7070").unwrap(),
+            TargetUrl::Peer("127.0.0.1:7070".into())
+        );
+    }
+
+    #[test]
+    fn refuses_bad_urls_with_a_hint() {
+        for (u, hint) in [
+            ("ftp://x", "unknown scheme"),
+            ("/just/a/path", "expected file"),
+            ("s3://AK:SECRET@bkt/p", "must not be in the URL"),
+            ("s3://B_/p", "bucket name"),
+            ("s3://bkt/../x", "prefix"),
+            ("peer://host", "HOST:PORT"),
+            ("peer://host:0", "HOST:PORT"),
+        ] {
+            let e = TargetUrl::parse(u).unwrap_err().to_string();
+            assert!(e.contains(hint), "{u}: {e}");
+            assert!(
+                !e.contains("SECRET") || u.contains("SECRET") && e.contains(u),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn s3_needs_endpoint_and_keys_and_peer_needs_a_key() {
+        let c = Credentials::default();
+        let e = <dyn Target>::from_url("s3://bkt/p", &c)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("AWS_ENDPOINT_URL"), "{e}");
+        let c = Credentials {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        let e = target_from_url("s3://bkt/p", &c).err().unwrap().to_string();
+        assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
+        let e = target_from_url("peer://127.0.0.1:9", &Credentials::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("key file"), "{e}");
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let c = Credentials {
+            access_key: Some("GKSECRETID".into()),
+            secret_key: Some("s3cr3t".into()),
+            peer_key: Some(b"k".to_vec()),
+            ..Default::default()
+        };
+        let d = format!("{c:?}");
+        assert!(!d.contains("GKSECRETID") && !d.contains("s3cr3t"), "{d}");
+    }
+}
