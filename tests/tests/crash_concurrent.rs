@@ -69,7 +69,7 @@ fn case(seed: u64) -> (usize, u64, u64) {
     let o = Arc::new(CrashDisk::new("origin", &power, vec![0u8; SIZE], false));
     let s = Arc::new(
         CrashDisk::new("store", &power, Vec::new(), true)
-            .with_sync_delay(std::time::Duration::from_micros(300)),
+            .with_sync_delay(std::time::Duration::from_millis(1)),
     );
     let od: Arc<dyn BlockDev> = o.clone();
     let sd: Arc<dyn BlockDev> = s.clone();
