@@ -26,8 +26,13 @@ fi
 stage "build (release)"
 cargo build --release --workspace --all-targets
 
-stage "host tests: unit, model, crash, integration"
+stage "host tests: unit, model, crash, shipper against Garage, integration"
+# Garage was installed above: a missing server must fail the S3 tests, not skip them.
+if [[ $mode == full ]]; then export SNAPBLK_REQUIRE_GARAGE=1; fi
 cargo test --release --workspace
+
+stage "benchmark smoke (keeps the bench working; never judges speed)"
+cargo run --release -q -p snapblk-bench -- host --quick
 
 if [[ $mode == full ]]; then
     stage "VM end-to-end scenarios"
