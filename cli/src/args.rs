@@ -1,8 +1,7 @@
 //! The command line (the contract in DESIGN.md, "Command-line contract").
-//! Shipping verbs (`ship`, `receive`, `remote`) get their own variants and
-//! their own module under `commands/`.
+//! Shipping verbs (`ship`, `receive`, `remote`) live in `commands/ship.rs`.
 
-use crate::size::{parse_block_size, parse_size};
+use crate::size::{parse_block_size, parse_duration, parse_size};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -39,12 +38,27 @@ pub enum Command {
     Diff(DiffArgs),
     /// Verify a store's metadata and preserved blocks.
     Check(CheckArgs),
+    /// Ship changed blocks to a file://, s3:// or peer:// target (once or continuously).
+    Ship(ShipArgs),
+    /// Serve as a peer:// target: store what senders ship into a directory.
+    Receive(ReceiveArgs),
+    /// List, verify, restore or prune the points on a target (no daemon needed).
+    #[command(subcommand)]
+    Remote(RemoteCommand),
     /// Internal: the per-device daemon process started by create/recover.
     #[command(hide = true)]
     Daemon(DaemonArgs),
 }
 
 impl Command {
+    /// Whether this invocation talks to ship targets over sockets.
+    pub fn uses_network(&self) -> bool {
+        matches!(
+            self,
+            Command::Ship(_) | Command::Receive(_) | Command::Remote(_)
+        )
+    }
+
     /// Whether this invocation is the long-running daemon.
     pub fn is_daemon(&self) -> bool {
         matches!(self, Command::Daemon(_))
@@ -229,6 +243,105 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
+/// Where target settings and secrets come from besides the environment
+/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `SNAPBLK_PEER_KEY_FILE`), which wins over the file.
+#[derive(Debug, Clone, Args)]
+pub struct CredArgs {
+    /// File of NAME=value lines (the variables above; mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Pre-shared key file of a peer:// target (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// `ship`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("control").args(["once", "pause", "resume", "stop"])))]
+pub struct ShipArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Target URL: file:///DIR, s3://BUCKET/PREFIX or peer://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Time between points of continuous shipping (e.g. 30s, 5m).
+    #[arg(long, value_parser = parse_duration, value_name = "DUR", conflicts_with_all = ["once", "pause", "stop"])]
+    pub interval: Option<std::time::Duration>,
+    /// Ship one point and exit 0 only once it is committed.
+    #[arg(long)]
+    pub once: bool,
+    /// Pause continuous shipping to URL.
+    #[arg(long)]
+    pub pause: bool,
+    /// Resume continuous shipping to URL.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop continuous shipping to URL.
+    #[arg(long)]
+    pub stop: bool,
+    #[command(flatten)]
+    pub creds: CredArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7070.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    /// Directory to store points in (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Pre-shared key file (mode 0600), the same as the sender's.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: PathBuf,
+}
+
+/// `--from URL` and credentials of a remote verb.
+#[derive(Debug, Args)]
+pub struct RemoteFrom {
+    /// Target URL: file:///DIR, s3://BUCKET/PREFIX or peer://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    #[command(flatten)]
+    pub creds: CredArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `remote ...`.
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Committed points, oldest first.
+    List(RemoteFrom),
+    /// Prove every point restorable (exit status non-zero on any problem).
+    Verify(RemoteFrom),
+    /// Rebuild the image of a point into a new file (or a block device).
+    Restore {
+        #[command(flatten)]
+        from: RemoteFrom,
+        /// Point number or `latest`.
+        #[arg(long, default_value = "latest", value_name = "SEQ|latest")]
+        point: String,
+        /// Image to write (must not exist, unless it is a block device).
+        #[arg(long, value_name = "IMAGE")]
+        to: PathBuf,
+    },
+    /// Keep the newest N points, merging older ones into a new base.
+    Prune {
+        #[command(flatten)]
+        from: RemoteFrom,
+        /// Points to keep (at least 1).
+        #[arg(long, value_name = "N")]
+        keep: usize,
+    },
+}
+
 /// `daemon` (internal).
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
@@ -340,5 +453,47 @@ mod tests {
         assert!(matches!(c.command, Command::Recover(ref r) if r.id == 1 && !r.foreground));
         let c = parse(&["check", "--backing", "x", "--store", "y"]).unwrap();
         assert!(matches!(c.command, Command::Check(_)));
+    }
+
+    #[test]
+    fn ship_and_remote_take_the_contract_flags() {
+        let c = parse(&["ship", "-n", "0", "--to", "file:///r", "--once"]).unwrap();
+        assert!(matches!(c.command, Command::Ship(ref s) if s.once && s.target.id == Some(0)));
+        let c = parse(&["ship", "-n", "0", "--to", "s3://b/p", "--interval", "2s"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Ship(ref s) if s.interval == Some(std::time::Duration::from_secs(2)))
+        );
+        let c = parse(&["ship", "--backing", "a", "--to", "file:///r", "--once"]).unwrap();
+        assert!(matches!(c.command, Command::Ship(ref s) if s.target.backing.is_some()));
+        assert!(parse(&["ship", "-n", "0", "--to", "file:///r", "--once", "--pause"]).is_err());
+        assert!(parse(&["ship", "-n", "0", "--to", "file:///r", "--interval", "x"]).is_err());
+        assert!(parse(&["ship", "-n", "0"]).is_err(), "--to is required");
+        let c = parse(&[
+            "remote",
+            "restore",
+            "--from",
+            "file:///r",
+            "--point",
+            "3",
+            "--to",
+            "o.img",
+        ])
+        .unwrap();
+        assert!(
+            matches!(c.command, Command::Remote(RemoteCommand::Restore { ref point, .. }) if point == "3")
+        );
+        let c = parse(&["remote", "verify", "--from", "file:///r", "--json"]).unwrap();
+        assert!(matches!(c.command, Command::Remote(RemoteCommand::Verify(ref f)) if f.json));
+        let c = parse(&[
+            "receive",
+            "--listen",
+            "127.0.0.1:7070",
+            "--dir",
+            "d",
+            "--key-file",
+            "k",
+        ])
+        .unwrap();
+        assert!(matches!(c.command, Command::Receive(_)));
     }
 }

@@ -14,9 +14,11 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    if !cli.command.is_daemon() {
+    if !cli.command.is_daemon() && !cli.command.uses_network() {
         // `snapblk list | head` should end quietly like any Unix tool; the
-        // daemon keeps ignoring SIGPIPE so a vanished client cannot kill it.
+        // daemon keeps ignoring SIGPIPE so a vanished client cannot kill it,
+        // and so do the shipping verbs: a peer that hangs up must become an
+        // error message, not a silent death by signal.
         // SAFETY: resets one signal's disposition before any thread exists.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

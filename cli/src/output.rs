@@ -184,6 +184,50 @@ pub fn status(v: &Value) {
             u(io, "errors")
         );
     }
+    if let Some(jobs) = v.get("ship").and_then(Value::as_array) {
+        for j in jobs {
+            println!("ship        {}", ship_job(j));
+        }
+    }
+}
+
+/// One line per continuous shipping target: state, last committed point, lag (RPO),
+/// throughput and failures.
+pub fn ship_job(j: &Value) -> String {
+    let last = j.get("last_ship").filter(|l| !l.is_null());
+    let point = match last {
+        Some(l) => format!(
+            "last point {} frozen {}",
+            u(l, "seq"),
+            utc(u(l, "created_unix"))
+        ),
+        None => "no point committed yet".into(),
+    };
+    let lag = j
+        .get("lag_secs")
+        .and_then(Value::as_u64)
+        .map_or("lag n/a".into(), |l| format!("lag {l}s"));
+    let rate = |k: &str| j.get(k).and_then(Value::as_f64).unwrap_or(0.0) as u64;
+    let mut line = format!(
+        "{} {}{}: {point}, {lag}, {} committed, {} unchanged, {} up ({}/s last, {}/s avg), {} failures",
+        s(j, "url"),
+        s(j, "state"),
+        if j.get("shipping").and_then(Value::as_bool) == Some(true) {
+            " (shipping now)"
+        } else {
+            ""
+        },
+        u(j, "points_committed"),
+        u(j, "unchanged"),
+        bytes(u(j, "bytes_uploaded")),
+        bytes(rate("last_throughput_bps")),
+        bytes(rate("avg_throughput_bps")),
+        u(j, "failures"),
+    );
+    if let Some(e) = j.get("last_error").and_then(Value::as_str) {
+        line.push_str(&format!("; last error: {e}"));
+    }
+    line
 }
 
 #[cfg(test)]

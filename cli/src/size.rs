@@ -23,6 +23,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// Parses a duration: `500ms`, `2s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let bad = || format!("invalid duration {s:?}: use a number with ms, s, m or h (e.g. 30s)");
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(bad()),
+    }
+    .ok_or_else(|| format!("duration {s:?} is too long"))?;
+    if ms == 0 {
+        return Err(format!("duration {s:?} must be more than zero"));
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 /// Parses a tracking block size: a power of two from 4K to 64K.
 pub fn parse_block_size(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
@@ -37,6 +58,19 @@ pub fn parse_block_size(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("2d").unwrap_err().contains("30s"));
+        assert!(parse_duration("s").is_err());
+    }
 
     #[test]
     fn parses_units() {

@@ -10,6 +10,7 @@ use crate::control::Request;
 use crate::device::{self, Attach};
 use crate::io_op::{IoBackend, IoStats};
 use crate::rundir::RunDir;
+use crate::ship::Ships;
 use crate::{DeviceSpec, Error};
 use serde_json::{json, Value};
 use snapmap::{Engine, OpenOptions};
@@ -181,6 +182,7 @@ fn publish(
     rd.write_config(spec)?;
     rd.write_pid(std::process::id() as i32)?;
     let handler = DaemonHandler {
+        ships: Ships::new(engine.clone(), spec.store.clone()),
         engine,
         stats,
         id,
@@ -257,6 +259,15 @@ struct DaemonHandler {
     started: Instant,
     /// Serializes restore and export: one bulk rewrite/read at a time.
     exclusive: Mutex<()>,
+    /// Shipping jobs; they hold the engine, so they stop when the handler goes away.
+    ships: Ships,
+}
+
+impl Drop for DaemonHandler {
+    fn drop(&mut self) {
+        // Runs when the control server stops, before the engine is closed.
+        self.ships.stop_all();
+    }
 }
 
 fn unix_now() -> u64 {
@@ -289,6 +300,7 @@ impl DaemonHandler {
             },
             "io": self.stats.snapshot(),
             "engine": to_json(&self.engine.status())?,
+            "ship": self.ships.status()?,
         }))
     }
 
@@ -337,6 +349,16 @@ impl Handler for DaemonHandler {
                 device::stop(self.id).map_err(|err| err.to_string())?;
                 Ok(json!({ "stopping": self.id, "at": unix_now() }))
             }
+            Request::ShipOnce { url, secrets } => self.ships.once(&url, secrets, progress),
+            Request::ShipStart {
+                url,
+                interval_ms,
+                secrets,
+            } => self
+                .ships
+                .start(&url, Duration::from_millis(interval_ms), secrets),
+            Request::ShipControl { url, action } => self.ships.control(&url, action),
+            Request::ShipStatus => self.ships.status(),
             other => engine_request(&self.engine, &other, progress),
         }
     }

@@ -20,6 +20,7 @@ mod error;
 pub mod io_op;
 pub mod queue;
 pub mod rundir;
+pub mod ship;
 pub mod spec;
 pub mod worker;
 

@@ -1,8 +1,8 @@
-//! One module per verb group. Shipping verbs (`ship`, `receive`, `remote`)
-//! belong in their own module next to these.
+//! One module per verb group.
 
 mod daemon;
 mod device;
+mod ship;
 mod snapshot;
 
 use crate::args::Command;
@@ -22,5 +22,8 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Export(a) => snapshot::export(a),
         Command::Diff(a) => snapshot::diff(a),
         Command::Check(a) => snapshot::check(a),
+        Command::Ship(a) => ship::ship(a),
+        Command::Receive(a) => ship::receive(a),
+        Command::Remote(c) => ship::remote(c),
     }
 }

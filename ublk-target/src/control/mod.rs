@@ -8,5 +8,5 @@ pub mod protocol;
 pub mod server;
 
 pub use client::Client;
-pub use protocol::{Reply, Request};
+pub use protocol::{Reply, Request, ShipAction, ShipSecrets};
 pub use server::{Handler, Server};

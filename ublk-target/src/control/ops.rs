@@ -72,5 +72,12 @@ pub fn engine_request(
         Request::Shutdown => {
             Err("shutdown needs a running daemon: use `snapblk delete -n ID`".into())
         }
+        Request::ShipOnce { .. }
+        | Request::ShipStart { .. }
+        | Request::ShipControl { .. }
+        | Request::ShipStatus => Err(
+            "continuous shipping needs a running daemon: use -n ID, or ship the files once with `snapblk ship --backing PATH --to URL --once`"
+                .into(),
+        ),
     }
 }

@@ -66,6 +66,92 @@ pub enum Request {
     Check,
     /// Stop the device, close the engine and delete the device.
     Shutdown,
+    /// Ship one point to `url` and answer once it is committed.
+    ShipOnce {
+        /// Target URL (`file:///DIR`, `s3://BUCKET/PREFIX`, `peer://HOST:PORT`).
+        url: String,
+        /// Settings and secrets for the target, from the CLI's environment.
+        secrets: ShipSecrets,
+    },
+    /// Start (or retune) continuous shipping to `url` every `interval_ms`.
+    ShipStart {
+        /// Target URL.
+        url: String,
+        /// Milliseconds between ship points.
+        interval_ms: u64,
+        /// Settings and secrets for the target.
+        secrets: ShipSecrets,
+    },
+    /// Pause, resume or stop continuous shipping to `url`.
+    ShipControl {
+        /// Target URL, as given to `ShipStart`.
+        url: String,
+        /// What to do.
+        action: ShipAction,
+    },
+    /// Per-target shipping statistics.
+    ShipStatus,
+}
+
+/// What [`Request::ShipControl`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShipAction {
+    /// Stop starting new points (one in flight completes).
+    Pause,
+    /// Resume after a pause; ships at once.
+    Resume,
+    /// Stop and forget the schedule (the ship state file stays).
+    Stop,
+}
+
+/// Target settings and secrets passed from the CLI to the daemon over the root-only
+/// control socket, so they never appear on a command line. `Debug` shows none of them.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipSecrets {
+    /// S3 endpoint URL.
+    pub endpoint: Option<String>,
+    /// S3 signing region.
+    pub region: Option<String>,
+    /// S3 access key id.
+    pub access_key: Option<String>,
+    /// S3 secret key.
+    pub secret_key: Option<String>,
+    /// Pre-shared key of a `peer://` target.
+    pub peer_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ShipSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let red = |o: bool| if o { "<redacted>" } else { "<unset>" };
+        f.debug_struct("ShipSecrets")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key", &red(self.access_key.is_some()))
+            .field("secret_key", &red(self.secret_key.is_some()))
+            .field("peer_key", &red(self.peer_key.is_some()))
+            .finish()
+    }
+}
+
+/// Longest accepted ship target URL.
+pub const MAX_URL: usize = 1024;
+/// Shortest continuous shipping interval.
+pub const MIN_SHIP_INTERVAL_MS: u64 = 100;
+/// Longest continuous shipping interval (a week).
+pub const MAX_SHIP_INTERVAL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+fn validate_url(url: &str) -> Result<(), String> {
+    if url.is_empty() || url.len() > MAX_URL {
+        return Err(format!(
+            "ship target URL must be 1-{MAX_URL} bytes, e.g. file:///srv/backup"
+        ));
+    }
+    if url.chars().any(char::is_control) {
+        return Err("ship target URL contains control characters".into());
+    }
+    Ok(())
 }
 
 /// One reply line.
@@ -120,7 +206,23 @@ impl Request {
                 validate_name(from)?;
                 to.as_deref().map(validate_name).transpose().map(|_| ())
             }
-            Request::Status | Request::SnapshotList | Request::Check | Request::Shutdown => Ok(()),
+            Request::ShipOnce { url, .. } | Request::ShipControl { url, .. } => validate_url(url),
+            Request::ShipStart {
+                url, interval_ms, ..
+            } => {
+                validate_url(url)?;
+                if !(MIN_SHIP_INTERVAL_MS..=MAX_SHIP_INTERVAL_MS).contains(interval_ms) {
+                    return Err(format!(
+                        "ship interval {interval_ms} ms is out of range: use 100ms to 7 days"
+                    ));
+                }
+                Ok(())
+            }
+            Request::Status
+            | Request::SnapshotList
+            | Request::Check
+            | Request::Shutdown
+            | Request::ShipStatus => Ok(()),
         }
     }
 
@@ -206,6 +308,23 @@ mod tests {
             },
             Request::Check,
             Request::Shutdown,
+            Request::ShipOnce {
+                url: "file:///tmp/r".into(),
+                secrets: ShipSecrets::default(),
+            },
+            Request::ShipStart {
+                url: "s3://b-1/p".into(),
+                interval_ms: 2000,
+                secrets: ShipSecrets {
+                    secret_key: Some("s".into()),
+                    ..ShipSecrets::default()
+                },
+            },
+            Request::ShipControl {
+                url: "file:///tmp/r".into(),
+                action: ShipAction::Pause,
+            },
+            Request::ShipStatus,
         ];
         for r in reqs {
             let line = String::from_utf8(encode(&r)).unwrap();
@@ -244,6 +363,33 @@ mod tests {
         assert!(e.contains("1-200 characters"), "{e}");
         let e = Request::decode(r#"{"op":"export","name":"a","to":"rel.img"}"#).unwrap_err();
         assert!(e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn ship_secrets_never_show_in_debug() {
+        let r = Request::ShipOnce {
+            url: "s3://bucket/p".into(),
+            secrets: ShipSecrets {
+                endpoint: Some("http://127.0.0.1:3900".into()),
+                region: Some("garage".into()),
+                access_key: Some("GKSECRETACCESS".into()),
+                secret_key: Some("topsecretvalue".into()),
+                peer_key: Some(b"peerkeypeerkey0123".to_vec()),
+            },
+        };
+        let d = format!("{r:?}");
+        for secret in ["GKSECRETACCESS", "topsecretvalue", "peerkey", "112, 101"] {
+            assert!(!d.contains(secret), "{secret} leaked in {d}");
+        }
+        assert!(
+            d.contains("<redacted>") && d.contains("127.0.0.1:3900"),
+            "{d}"
+        );
+        let e = Request::decode(
+            r#"{"op":"ship_start","url":"file:///x","interval_ms":5,"secrets":{}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("100ms"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,382 @@
+//! ship, receive, remote: the `shipper` crate behind the command line.
+//!
+//! `ship -n ID` runs in the device's daemon (it owns the engine); the CLI only forwards
+//! the target's settings and secrets over the root-only control socket. `ship --backing`
+//! opens the engine here. `remote` and `receive` need no daemon at all.
+
+use crate::args::{CredArgs, ReceiveArgs, RemoteCommand, RemoteFrom, ShipArgs};
+use crate::output;
+use crate::progress::Progress;
+use crate::session::{absolute, Access, Session};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use shipper::{Credentials, PointSel, ShipOptions, TargetUrl};
+use std::path::Path;
+use ublk_target::control::{Request, ShipAction, ShipSecrets};
+use ublk_target::ship::ship_state_path;
+use ublk_target::DeviceSpec;
+
+/// Settings and secrets: the environment first, then `--credentials FILE`, then the key file.
+fn credentials(c: &CredArgs) -> Result<Credentials> {
+    let mut creds = Credentials::from_env().context(
+        "read target settings from the environment (AWS_* / SNAPBLK_PEER_KEY_FILE): fix or unset the variable named",
+    )?;
+    if let Some(f) = &c.credentials {
+        let file = Credentials::from_file(f)
+            .with_context(|| format!("read credentials file {}", f.display()))?;
+        creds = creds.or(file);
+    }
+    if let Some(k) = &c.key_file {
+        creds = creds
+            .with_peer_key_file(k)
+            .with_context(|| format!("read key file {}", k.display()))?;
+    }
+    Ok(creds)
+}
+
+/// Checks `url` and makes a relative `file://` directory absolute, so the daemon (another
+/// process, another working directory) and later commands name the same place.
+fn normalize_url(url: &str) -> Result<String> {
+    match TargetUrl::parse(url).with_context(|| format!("target URL {url}"))? {
+        TargetUrl::File(dir) if !Path::new(&dir).is_absolute() => {
+            Ok(format!("file://{}", absolute(Path::new(&dir))?.display()))
+        }
+        _ => Ok(url.to_string()),
+    }
+}
+
+fn secrets(c: Credentials) -> ShipSecrets {
+    ShipSecrets {
+        endpoint: c.endpoint,
+        region: c.region,
+        access_key: c.access_key,
+        secret_key: c.secret_key,
+        peer_key: c.peer_key,
+    }
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn print_point(v: &Value, url: &str) {
+    let secs = v
+        .get("elapsed")
+        .and_then(|e| e.get("secs"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as f64
+        + v.get("elapsed")
+            .and_then(|e| e.get("nanos"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as f64
+            / 1e9;
+    let kind = if v.get("full").and_then(Value::as_bool) == Some(true) {
+        "full"
+    } else {
+        "incremental"
+    };
+    if v.get("committed").and_then(Value::as_bool) == Some(true) {
+        println!(
+            "committed point {} to {url}: {kind}, {} blocks ({} zero), {} segments, {} uploaded in {secs:.1} s",
+            u(v, "seq"),
+            u(v, "data_blocks"),
+            u(v, "zero_blocks"),
+            u(v, "segments"),
+            output::bytes(u(v, "bytes_uploaded")),
+        );
+    } else {
+        println!(
+            "nothing changed since point {} on {url}; nothing committed",
+            u(v, "seq")
+        );
+    }
+}
+
+/// `ship`.
+pub fn ship(a: ShipArgs) -> Result<()> {
+    let url = normalize_url(&a.to)?;
+    if let Some(backing) = &a.target.backing {
+        if !a.once {
+            bail!("offline shipping (--backing) ships one point: add --once, or create the device and run `snapblk ship -n ID --to {url} --interval DUR`");
+        }
+        return ship_offline(backing, a.target.store.as_deref(), &url, &a);
+    }
+    let s = Session::open(&a.target, Access::ReadWrite)?;
+    let id = s.id().unwrap_or(0);
+    let control = |action| -> Result<Value> {
+        s.request(
+            Request::ShipControl {
+                url: url.clone(),
+                action,
+            },
+            &mut |_, _| {},
+        )
+    };
+    let v = if a.pause {
+        control(ShipAction::Pause)?
+    } else if a.stop {
+        control(ShipAction::Stop)?
+    } else if a.resume && a.interval.is_none() {
+        control(ShipAction::Resume)?
+    } else if a.once {
+        let bar = Progress::new(&format!("ship to {url}"));
+        let res = s.request(
+            Request::ShipOnce {
+                url: url.clone(),
+                secrets: secrets(credentials(&a.creds)?),
+            },
+            &mut |d, t| bar.update(d, t),
+        );
+        bar.finish();
+        let v = res.with_context(|| format!("ship device {id} to {url}"))?;
+        if a.json {
+            output::json(&v);
+        } else {
+            print_point(&v, &url);
+        }
+        return Ok(());
+    } else {
+        let interval = a.interval.unwrap_or(DEFAULT_INTERVAL);
+        s.request(
+            Request::ShipStart {
+                url: url.clone(),
+                interval_ms: interval.as_millis().min(u128::from(u64::MAX)) as u64,
+                secrets: secrets(credentials(&a.creds)?),
+            },
+            &mut |_, _| {},
+        )
+        .with_context(|| format!("start shipping device {id} to {url}"))?
+    };
+    if a.json {
+        output::json(&v);
+        return Ok(());
+    }
+    match v.get("action").and_then(Value::as_str) {
+        Some(action) => {
+            let stats = v.get("stats").cloned().unwrap_or(Value::Null);
+            let mut line = stats.clone();
+            line["url"] = json!(url);
+            line["lag_secs"] = stats
+                .get("lag")
+                .and_then(|l| l.get("secs"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            println!("{action}: {}", output::ship_job(&line));
+        }
+        None => println!(
+            "shipping device {id} to {url} every {:.1} s; see `snapblk status -n {id}`, stop with `snapblk ship -n {id} --to {url} --stop`",
+            u(&v, "interval_ms") as f64 / 1000.0
+        ),
+    }
+    Ok(())
+}
+
+/// Interval of `ship` without `--once` or `--interval`.
+const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn ship_offline(backing: &Path, store: Option<&Path>, url: &str, a: &ShipArgs) -> Result<()> {
+    let store_path = match store {
+        Some(s) => absolute(s)?,
+        None => DeviceSpec::default_store(&absolute(backing)?),
+    };
+    let creds = credentials(&a.creds)?;
+    let target =
+        shipper::target_from_url(url, &creds).with_context(|| format!("open ship target {url}"))?;
+    let Session::Offline { engine } = Session::offline(backing, store, Access::ReadWrite)? else {
+        bail!("internal: offline session expected");
+    };
+    let mut opts = ShipOptions::new(ship_state_path(&store_path, url));
+    let bar = std::sync::Arc::new(Progress::new(&format!("ship to {url}")));
+    let b = bar.clone();
+    opts.progress = Some(std::sync::Arc::new(move |d, t| b.update(d, t)));
+    let res = shipper::ship_once(engine.as_ref(), target.as_ref(), &opts);
+    bar.finish();
+    // Close (checkpoint) even when the ship failed: the ship point stays for a resume.
+    let closed = engine
+        .close()
+        .context("close the store (checkpoint) after shipping");
+    let info = res.with_context(|| format!("ship {} to {url}", backing.display()))?;
+    closed?;
+    let mut v = serde_json::to_value(&info).context("encode ship result")?;
+    v["url"] = json!(url);
+    v["state_file"] = json!(opts.state_path);
+    if a.json {
+        output::json(&v);
+    } else {
+        print_point(&v, url);
+    }
+    Ok(())
+}
+
+/// `receive`.
+pub fn receive(a: ReceiveArgs) -> Result<()> {
+    let key = shipper::credentials::read_key_file(&a.key_file)
+        .with_context(|| format!("read key file {}", a.key_file.display()))?;
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("create receive directory {}", a.dir.display()))?;
+    // Block SIGINT/SIGTERM before any thread starts, then take them on one thread.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain sigset manipulation on a local, then this thread's mask.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let r = shipper::Receiver::bind(&a.listen, &a.dir, key)
+        .with_context(|| format!("listen on {} (is the address free?)", a.listen))?;
+    let addr = r.local_addr().context("read the listening address")?;
+    let stop = r.stop_handle().context("prepare the stop handle")?;
+    std::thread::Builder::new()
+        .name("snapblk-signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: waits on the set blocked above.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            eprintln!("snapblk: signal {sig}, stopping the receiver");
+            stop.stop();
+        })
+        .context("start the signal thread")?;
+    println!("receiving on {addr} into {}", a.dir.display());
+    r.run()
+        .with_context(|| format!("receiver on {addr} into {}", a.dir.display()))?;
+    println!("receiver stopped");
+    Ok(())
+}
+
+fn open_remote(f: &RemoteFrom) -> Result<Box<dyn shipper::Target>> {
+    let url = normalize_url(&f.from)?;
+    shipper::target_from_url(&url, &credentials(&f.creds)?)
+        .with_context(|| format!("open remote {url}"))
+}
+
+/// `remote ...`.
+pub fn remote(cmd: RemoteCommand) -> Result<()> {
+    match cmd {
+        RemoteCommand::List(f) => {
+            let t = open_remote(&f)?;
+            let points = shipper::remote_list(t.as_ref()).with_context(|| {
+                format!(
+                    "list points on {} (try `snapblk remote verify --from {}`)",
+                    f.from, f.from
+                )
+            })?;
+            if f.json {
+                output::json(&serde_json::to_value(&points).context("encode point list")?);
+            } else if points.is_empty() {
+                println!("no committed points on {}", f.from);
+            } else {
+                println!(
+                    "{:<6} {:<5} {:<20} {:>12} {:>10} {:>9} {:>12}",
+                    "SEQ", "KIND", "CREATED (UTC)", "VOLUME", "BLOCKS", "SEGMENTS", "STORED"
+                );
+                for p in &points {
+                    println!(
+                        "{:<6} {:<5} {:<20} {:>12} {:>10} {:>9} {:>12}",
+                        p.seq,
+                        if p.full { "full" } else { "incr" },
+                        output::utc(p.created_unix),
+                        output::bytes(p.volume_size),
+                        p.data_blocks + p.zero_blocks,
+                        p.segments,
+                        output::bytes(p.stored_bytes)
+                    );
+                }
+            }
+        }
+        RemoteCommand::Verify(f) => {
+            let t = open_remote(&f)?;
+            let r =
+                shipper::remote_verify(t.as_ref()).with_context(|| format!("verify {}", f.from))?;
+            if f.json {
+                let mut v = serde_json::to_value(&r).context("encode verify report")?;
+                v["ok"] = json!(r.ok());
+                output::json(&v);
+            } else {
+                for p in &r.points {
+                    match &p.problem {
+                        None => println!("point {}: ok", p.seq),
+                        Some(e) => println!("point {}: NOT RESTORABLE: {e}", p.seq),
+                    }
+                }
+                for p in &r.problems {
+                    println!("problem: {p}");
+                }
+                println!(
+                    "checked {} points, {} segments, {}",
+                    r.points.len(),
+                    r.segments_checked,
+                    output::bytes(r.bytes_checked)
+                );
+            }
+            if !r.ok() {
+                let bad = r.points.iter().filter(|p| p.problem.is_some()).count();
+                bail!(
+                    "{} is damaged: {bad} point(s) not restorable, {} other problem(s); restore from an intact point or re-ship to a fresh target",
+                    f.from,
+                    r.problems.len()
+                );
+            }
+        }
+        RemoteCommand::Restore { from, point, to } => {
+            let sel = match point.as_str() {
+                "latest" => PointSel::Latest,
+                n => PointSel::Seq(n.parse().map_err(|_| {
+                    anyhow!(
+                        "--point {n:?}: use a point number from `snapblk remote list` or `latest`"
+                    )
+                })?),
+            };
+            let to = absolute(&to)?;
+            let is_dev = std::fs::metadata(&to)
+                .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+                .unwrap_or(false);
+            if to.exists() && !is_dev {
+                bail!(
+                    "{} already exists: remove it or restore to another path",
+                    to.display()
+                );
+            }
+            let t = open_remote(&from)?;
+            let bar = Progress::new(&format!("restore point {point}"));
+            let res = shipper::remote_restore(t.as_ref(), sel, &to, &|d, n| bar.update(d, n));
+            bar.finish();
+            let r = res.with_context(|| {
+                format!("restore point {point} of {} to {}", from.from, to.display())
+            })?;
+            if from.json {
+                output::json(&serde_json::to_value(&r).context("encode restore report")?);
+            } else {
+                println!(
+                    "restored point {} to {}: {} ({} blocks with data, {} segments, {} downloaded) in {:.1} s",
+                    r.seq,
+                    to.display(),
+                    output::bytes(r.volume_size),
+                    r.blocks_written,
+                    r.segments_read,
+                    output::bytes(r.bytes_downloaded),
+                    r.elapsed.as_secs_f64()
+                );
+            }
+        }
+        RemoteCommand::Prune { from, keep } => {
+            let t = open_remote(&from)?;
+            let r = shipper::remote_prune(t.as_ref(), keep, Some(3))
+                .with_context(|| format!("prune {} to {keep} points", from.from))?;
+            if from.json {
+                output::json(&serde_json::to_value(&r).context("encode prune report")?);
+            } else {
+                println!(
+                    "kept points {:?}, removed {:?}{}, {} objects deleted",
+                    r.kept,
+                    r.removed,
+                    r.rebased
+                        .map(|s| format!(", point {s} rewritten as a full base"))
+                        .unwrap_or_default(),
+                    r.deleted_objects
+                );
+            }
+        }
+    }
+    Ok(())
+}

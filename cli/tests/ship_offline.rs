@@ -1,0 +1,378 @@
+//! Offline shipping through the built binary: `ship --backing ... --once` to a file://
+//! target, then `remote list/restore/verify/prune`, each image compared byte for byte
+//! with `export` of the snapshot taken at the same moment.
+
+use snapmap::{Engine, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BS: usize = 4096;
+const BLOCKS: usize = 512;
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i / BS) as u8)
+        .collect()
+}
+
+fn snapblk(run_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snapblk"))
+        .args(args)
+        .env("SNAPBLK_RUN_DIR", run_dir)
+        .env_remove("RUST_LOG")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("SNAPBLK_PEER_KEY_FILE")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails_with(o: &Output, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success(),
+        "unexpected success: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
+    err
+}
+
+struct Vol {
+    dir: tempfile::TempDir,
+    backing: PathBuf,
+    store: PathBuf,
+}
+
+impl Vol {
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn s(&self, name: &str) -> String {
+        self.p(name).display().to_string()
+    }
+    fn with_engine(&self, f: impl FnOnce(&Engine)) {
+        let e = Engine::open_files(&self.backing, &self.store, &OpenOptions::default()).unwrap();
+        f(&e);
+        e.close().unwrap();
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        snapblk(&self.p("run"), args)
+    }
+    fn files(&self) -> [String; 4] {
+        [
+            "--backing".into(),
+            self.backing.display().to_string(),
+            "--store".into(),
+            self.store.display().to_string(),
+        ]
+    }
+    fn ship(&self, url: &str) -> serde_json::Value {
+        let f = self.files();
+        let mut args: Vec<&str> = vec!["ship"];
+        args.extend(f.iter().map(String::as_str));
+        args.extend(["--to", url, "--once", "--json"]);
+        serde_json::from_str(&ok(&self.run(&args))).unwrap()
+    }
+    fn export(&self, snap: &str, to: &str) -> Vec<u8> {
+        let f = self.files();
+        let mut args: Vec<&str> = vec!["export", snap];
+        args.extend(f.iter().map(String::as_str));
+        args.extend(["--to", to]);
+        ok(&self.run(&args));
+        std::fs::read(to).unwrap()
+    }
+}
+
+fn volume() -> Vol {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("disk.img");
+    let store = dir.path().join("disk.img.snapstore");
+    let opts = OpenOptions {
+        size: Some((BS * BLOCKS) as u64),
+        ..OpenOptions::default()
+    };
+    let e = Engine::open_files(&backing, &store, &opts).unwrap();
+    // Leave the second half never written: the first point is a sparse base.
+    e.write(0, &pattern(1, BS * BLOCKS / 2)).unwrap();
+    e.close().unwrap();
+    std::fs::create_dir(dir.path().join("run")).unwrap();
+    Vol {
+        dir,
+        backing,
+        store,
+    }
+}
+
+#[test]
+fn ship_change_ship_then_restore_each_point_verify_prune_and_detect_tampering() {
+    let v = volume();
+    let url = format!("file://{}", v.s("remote"));
+
+    // Point 1 = snapshot at1 (nothing written between the two).
+    v.with_engine(|e| {
+        e.create_snapshot("at1").unwrap();
+    });
+    let p1 = v.ship(&url);
+    assert_eq!(p1["committed"], true, "{p1}");
+    assert_eq!(p1["full"], true, "{p1}");
+    let seq1 = p1["seq"].as_u64().unwrap();
+    assert!(
+        p1["data_blocks"].as_u64().unwrap() >= (BLOCKS / 2) as u64,
+        "{p1}"
+    );
+    let state = p1["state_file"].as_str().unwrap();
+    assert!(
+        Path::new(state).exists() && state.starts_with(&v.store.display().to_string()),
+        "state file {state} not next to the store"
+    );
+    let at1 = v.export("at1", &v.s("at1.img"));
+
+    // Change 11 blocks (one of them to zeroes), snapshot at2, ship an increment.
+    v.with_engine(|e| {
+        e.write((20 * BS) as u64, &pattern(7, 10 * BS)).unwrap();
+        e.write((300 * BS) as u64, &pattern(9, BS)).unwrap();
+        e.write((3 * BS) as u64, &vec![0u8; BS]).unwrap();
+        e.create_snapshot("at2").unwrap();
+    });
+    let p2 = v.ship(&url);
+    assert_eq!(p2["committed"], true, "{p2}");
+    assert_eq!(p2["full"], false, "{p2}");
+    let seq2 = p2["seq"].as_u64().unwrap();
+    assert!(seq2 > seq1);
+    let changed = p2["data_blocks"].as_u64().unwrap() + p2["zero_blocks"].as_u64().unwrap();
+    assert!(
+        (12..=64).contains(&changed),
+        "increment should hold about the 12 changed blocks: {p2}"
+    );
+    let at2 = v.export("at2", &v.s("at2.img"));
+    assert_ne!(at1, at2);
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&v.run(&["remote", "list", "--from", &url, "--json"]))).unwrap();
+    let seqs: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![seq1, seq2]);
+
+    let restore = |point: &str, out: &str| {
+        ok(&v.run(&[
+            "remote", "restore", "--from", &url, "--point", point, "--to", out,
+        ]));
+        std::fs::read(out).unwrap()
+    };
+    assert!(
+        restore(&seq1.to_string(), &v.s("r1.img")) == at1,
+        "point 1 != export of at1"
+    );
+    assert!(
+        restore(&seq2.to_string(), &v.s("r2.img")) == at2,
+        "point 2 != export of at2"
+    );
+    assert!(
+        restore("latest", &v.s("rl.img")) == at2,
+        "latest != export of at2"
+    );
+    fails_with(
+        &v.run(&[
+            "remote",
+            "restore",
+            "--from",
+            &url,
+            "--point",
+            "latest",
+            "--to",
+            &v.s("r1.img"),
+        ]),
+        "already exists",
+    );
+    fails_with(
+        &v.run(&[
+            "remote",
+            "restore",
+            "--from",
+            &url,
+            "--point",
+            "x",
+            "--to",
+            &v.s("rx.img"),
+        ]),
+        "--point",
+    );
+
+    let out = ok(&v.run(&["remote", "verify", "--from", &url]));
+    assert!(out.contains(&format!("point {seq2}: ok")), "{out}");
+
+    // Offline shipping is one point at a time.
+    let f = v.files();
+    let mut args: Vec<&str> = vec!["ship"];
+    args.extend(f.iter().map(String::as_str));
+    args.extend(["--to", &url]);
+    fails_with(&v.run(&args), "--once");
+
+    // Retention: keep the newest point only; it still restores to at2.
+    let pr: serde_json::Value = serde_json::from_str(&ok(
+        &v.run(&["remote", "prune", "--from", &url, "--keep", "1", "--json"])
+    ))
+    .unwrap();
+    assert_eq!(pr["removed"], serde_json::json!([seq1]), "{pr}");
+    assert!(
+        restore("latest", &v.s("rp.img")) == at2,
+        "pruned latest != at2"
+    );
+    ok(&v.run(&["remote", "verify", "--from", &url]));
+
+    // Flip one byte in the middle of every segment: verify and restore must fail.
+    let segdir = v.p("remote").join("segments");
+    let mut tampered = 0;
+    for entry in walk(&segdir) {
+        let mut b = std::fs::read(&entry).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x40;
+        std::fs::write(&entry, b).unwrap();
+        tampered += 1;
+    }
+    assert!(tampered > 0, "no segment files under {}", segdir.display());
+    let o = v.run(&["remote", "verify", "--from", &url]);
+    fails_with(&o, "damaged");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("NOT RESTORABLE"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let bad = v.s("bad.img");
+    assert!(!v
+        .run(&["remote", "restore", "--from", &url, "--to", &bad])
+        .status
+        .success());
+    assert!(!Path::new(&bad).exists(), "a failed restore left {bad}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_urls_and_missing_remotes_fail_with_one_clear_line() {
+    let v = volume();
+    fails_with(
+        &v.run(&["remote", "list", "--from", "ftp://x/y"]),
+        "unknown scheme",
+    );
+    fails_with(
+        &v.run(&["remote", "list", "--from", "s3://user:pw@bucket/p"]),
+        "credentials must not be in the URL",
+    );
+    let url = format!("file://{}", v.s("empty"));
+    std::fs::create_dir(v.p("empty")).unwrap();
+    let out = ok(&v.run(&["remote", "list", "--from", &url]));
+    assert!(out.contains("no committed points"), "{out}");
+    fails_with(
+        &v.run(&["remote", "restore", "--from", &url, "--to", &v.s("o.img")]),
+        "restore point latest",
+    );
+}
+
+#[test]
+fn peer_round_trip_through_receive_and_sigterm_stops_it() {
+    use std::io::{BufRead, BufReader};
+    let v = volume();
+    let key = v.p("peer.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut rx = Command::new(env!("CARGO_BIN_EXE_snapblk"))
+        .args(["receive", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(v.p("received"))
+        .arg("--key-file")
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    // Kept open until the end: the receiver prints again when it stops.
+    let mut rx_out = BufReader::new(rx.stdout.take().unwrap());
+    rx_out.read_line(&mut line).unwrap();
+    // "receiving on 127.0.0.1:PORT into DIR"
+    let addr = line.split_whitespace().nth(2).unwrap_or("").to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{line}");
+    let url = format!("peer://{addr}");
+    let key_s = key.display().to_string();
+
+    v.with_engine(|e| {
+        e.create_snapshot("p1").unwrap();
+    });
+    let f = v.files();
+    let mut args: Vec<&str> = vec!["ship"];
+    args.extend(f.iter().map(String::as_str));
+    args.extend(["--to", &url, "--once", "--key-file", &key_s]);
+    let out = ok(&v.run(&args));
+    assert!(out.contains("committed point"), "{out}");
+    let p1 = v.export("p1", &v.s("p1.img"));
+    // Wrong key: refused.
+    let bad = v.p("bad.key");
+    std::fs::write(&bad, "ffffffffffffffffffffffffffffffff").unwrap();
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let bad_s = bad.display().to_string();
+    assert!(!v
+        .run(&["remote", "list", "--from", &url, "--key-file", &bad_s])
+        .status
+        .success());
+    ok(&v.run(&[
+        "remote",
+        "restore",
+        "--from",
+        &url,
+        "--key-file",
+        &key_s,
+        "--to",
+        &v.s("pr.img"),
+    ]));
+    assert!(
+        std::fs::read(v.p("pr.img")).unwrap() == p1,
+        "peer restore != export p1"
+    );
+    // The receiver stored the same layout as a file:// target.
+    let local = format!("file://{}", v.s("received"));
+    ok(&v.run(&["remote", "verify", "--from", &local]));
+
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(rx.id() as i32, libc::SIGTERM) };
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(st) = rx.try_wait().unwrap() {
+            assert!(st.success(), "receiver exited {st:?} on SIGTERM");
+            line.clear();
+            rx_out.read_line(&mut line).unwrap();
+            assert!(line.contains("receiver stopped"), "{line:?}");
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 15, "receiver ignored SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
