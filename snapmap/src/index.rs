@@ -378,6 +378,26 @@ impl Index {
         c: &CheckpointBody,
         slots: std::ops::Range<u64>,
     ) -> Result<Self, ApplyError> {
+        // Untrusted lists: every slot they name must lie in the store's used range, or the
+        // allocator's arithmetic (used = high water - free) stops meaning anything.
+        let inside = |s: u64| (SUPER_SLOTS..c.high_water).contains(&s);
+        if let Some(s) = c
+            .free
+            .iter()
+            .chain(&c.free_on_load)
+            .chain(&c.retained)
+            .find(|s| !inside(**s))
+        {
+            return Err(ApplyError(format!(
+                "checkpoint lists slot {s} outside the used range {SUPER_SLOTS}..{}",
+                c.high_water
+            )));
+        }
+        if c.free.len() as u64 > c.high_water {
+            return Err(ApplyError(
+                "checkpoint lists more free slots than exist".into(),
+            ));
+        }
         let mut alloc = Allocator::new(c.high_water, c.free.iter().copied());
         for &s in &c.free_on_load {
             alloc.free(s);

@@ -157,7 +157,7 @@ impl Store {
     pub fn open(
         dev: Arc<dyn BlockDev>,
         read_only: bool,
-        verify: impl FnOnce(&Superblock) -> Result<()>,
+        verify: impl Fn(&Superblock) -> Result<()>,
     ) -> Result<(Store, Index, JournalPos, Recovery)> {
         let name = dev.name();
         let mut copies = Vec::new();
@@ -207,7 +207,10 @@ impl Store {
         let len = dev
             .len()
             .map_err(|e| Error::io(format!("size of store {name}"), e))?;
-        let want = copies[0].reserved_slots * copies[0].block_size as u64;
+        let want = copies[0]
+            .reserved_slots
+            .checked_mul(copies[0].block_size as u64)
+            .unwrap_or(u64::MAX);
         if len < want {
             return Err(Error::Corrupt {
                 store: name,
@@ -226,6 +229,8 @@ impl Store {
         // it covers everything since.
         let mut last_err = None;
         for (i, sb) in copies.iter().enumerate() {
+            // Every copy answers for the origin, not only the newest.
+            verify(sb)?;
             let store = Store {
                 dev: dev.clone(),
                 sb: sb.clone(),
@@ -264,8 +269,16 @@ impl Store {
     fn load(&self) -> Result<(Index, JournalPos, Recovery, u64)> {
         let bs = self.sb.block_size as u64;
         let cp = self.sb.checkpoint;
-        if cp.slots == 0 || cp.len > cp.slots * bs || cp.slot < SUPER_SLOTS {
-            return Err(self.corrupt(format!("superblock names an impossible checkpoint {cp:?}")));
+        let dev_slots = self.dev.len().map_err(|e| self.io_err("size", e))? / bs;
+        // Untrusted numbers: check them against the device before sizing anything by them.
+        let fits = cp
+            .slot
+            .checked_add(cp.slots)
+            .is_some_and(|end| end <= dev_slots);
+        if cp.slots == 0 || !fits || cp.len > cp.slots * bs || cp.slot < SUPER_SLOTS {
+            return Err(self.corrupt(format!(
+                "superblock names an impossible checkpoint {cp:?} (the store has {dev_slots} slots)"
+            )));
         }
         let mut buf = AlignedBuf::zeroed((cp.slots * bs) as usize);
         self.dev
@@ -278,6 +291,12 @@ impl Store {
             )));
         }
         let body = CheckpointBody::decode(&buf).map_err(|e| self.corrupt(e))?;
+        if body.high_water > dev_slots || body.journal_slot >= dev_slots.max(body.high_water + 1) {
+            return Err(self.corrupt(format!(
+                "checkpoint claims {} slots in use (journal at slot {}) but the store has {dev_slots}",
+                body.high_water, body.journal_slot
+            )));
+        }
         let mut ix = Index::from_checkpoint(&body, cp.slot..cp.slot + cp.slots)
             .map_err(|e| self.corrupt(e.0))?;
         let mut pos = JournalPos {
@@ -407,10 +426,17 @@ impl Store {
 
     fn group_payload_verifies(&self, g: &[(u64, JournalBlock)]) -> Result<bool> {
         let bs = self.sb.block_size as u64;
+        let dev_slots = self.dev.len().map_err(|e| self.io_err("size", e))? / bs;
         let mut buf = AlignedBuf::zeroed(bs as usize);
         for (_, jb) in g {
+            if jb.next_slot < SUPER_SLOTS || jb.next_slot >= dev_slots {
+                return Ok(false);
+            }
             for e in &jb.entries {
                 if let Entry::Preserve { slot, crc, .. } = e {
+                    if *slot < SUPER_SLOTS || *slot >= dev_slots {
+                        return Ok(false);
+                    }
                     self.dev
                         .read_at(&mut buf, slot * bs)
                         .map_err(|e| self.io_err("verify journal tail", e))?;
@@ -429,6 +455,22 @@ impl Store {
         g: &[(u64, JournalBlock)],
         rec: &mut Recovery,
     ) -> Result<()> {
+        // Slots come from untrusted bytes: every one must lie inside the store.
+        let bs = self.sb.block_size as u64;
+        let dev_slots = self.dev.len().map_err(|e| self.io_err("size", e))? / bs;
+        for (_, jb) in g {
+            let bad = |s: u64| s < SUPER_SLOTS || s >= dev_slots;
+            let preserve_bad = jb
+                .entries
+                .iter()
+                .any(|e| matches!(e, Entry::Preserve { slot, .. } if bad(*slot)));
+            if bad(jb.next_slot) || preserve_bad {
+                return Err(self.corrupt(format!(
+                    "journal block {} names a slot outside the store's {dev_slots} slots",
+                    jb.seq
+                )));
+            }
+        }
         // When replaying from an older checkpoint (the newer superblock copy was damaged),
         // later history may reuse slots that checkpoint still retains: that history freed
         // them, so they are no longer retained.
