@@ -209,8 +209,7 @@ impl Store {
             .map_err(|e| Error::io(format!("size of store {name}"), e))?;
         let want = copies[0]
             .reserved_slots
-            .checked_mul(copies[0].block_size as u64)
-            .unwrap_or(u64::MAX);
+            .saturating_mul(copies[0].block_size as u64);
         if len < want {
             return Err(Error::Corrupt {
                 store: name,
