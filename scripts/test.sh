@@ -34,6 +34,9 @@ cargo test --release --workspace
 stage "benchmark smoke (keeps the bench working; never judges speed)"
 cargo run --release -q -p snapblk-bench -- host --quick
 
+stage "fuzz smoke: every regression input, then a few seconds per target"
+scripts/fuzz.sh smoke "${FUZZ_SECONDS:-3}"
+
 if [[ $mode == full ]]; then
     stage "VM end-to-end scenarios"
     tests/vm/run.sh
