@@ -16,4 +16,4 @@ cargo build --release -p snapblk
 echo "==> running the story $([[ -e /dev/ublk-control ]] && echo 'on this host' || echo 'in the VM (this kernel has no ublk)')"
 VM_TIMEOUT=${VM_TIMEOUT:-900} VM_GUEST_ENV="VM_VERBOSE=1" tests/vm/run.sh demo/story.sh
 echo
-echo "snapblk demo: SUCCESS in $((SECONDS - started))s — snapshot, rollback and verification all passed on a real ublk device."
+echo "snapblk demo: SUCCESS in $((SECONDS - started))s — snapshot, rollback, shipping and a byte-exact rebuild from the remote, all verified on a real ublk device."
