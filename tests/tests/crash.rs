@@ -245,6 +245,27 @@ fn run_ops(e: &Engine, m: &mut Model, ops: &[Op]) -> (usize, Option<Error>) {
     (ops.len(), None)
 }
 
+/// Every snapshot the model is sure of must exist and read back exactly as taken; one whose
+/// create or delete failed may or may not exist. What the engine lists is the truth from here.
+fn settle_snapshots(e: &Engine, m: &mut Model, ctx: &str) {
+    let names: Vec<String> = e.snapshots().into_iter().map(|s| s.name).collect();
+    let mut buf = vec![0u8; SIZE];
+    m.snaps.retain_mut(|sn| {
+        let exists = names.contains(&sn.name);
+        assert!(
+            exists || sn.certainty == Certainty::Maybe,
+            "{ctx}: snapshot {} lost",
+            sn.name
+        );
+        if exists {
+            e.read_snapshot(&sn.name, 0, &mut buf).unwrap();
+            assert!(buf == sn.image, "{ctx}: snapshot {} changed", sn.name);
+        }
+        sn.certainty = Certainty::Sure;
+        exists
+    });
+}
+
 /// A snapshot the model does not know may only be the pre-restore snapshot of a restore that
 /// did not return; it must hold the image from before that restore.
 fn adopt_pre_restore(e: &Engine, m: &mut Model, ctx: &str) {
@@ -303,21 +324,7 @@ fn recover_and_verify(
         );
     }
     // Invariant 2: snapshots.
-    let names: Vec<String> = e.snapshots().into_iter().map(|s| s.name).collect();
-    let mut buf = vec![0u8; SIZE];
-    m.snaps.retain(|sn| {
-        let exists = names.contains(&sn.name);
-        assert!(
-            exists || sn.certainty == Certainty::Maybe,
-            "{ctx}: snapshot {} lost",
-            sn.name
-        );
-        if exists {
-            e.read_snapshot(&sn.name, 0, &mut buf).unwrap();
-            assert!(buf == sn.image, "{ctx}: snapshot {} changed", sn.name);
-        }
-        exists
-    });
+    settle_snapshots(&e, m, ctx);
     adopt_pre_restore(&e, m, ctx);
     m.live = live.clone();
     // Invariant 4: an interrupted restore, re-run, lands exactly.
@@ -562,22 +569,7 @@ fn injected_io_errors_surface_and_never_corrupt_a_snapshot() {
             }
             // A failed snapshot operation may or may not have happened: what the (reopened,
             // if the store failed) engine lists is now the truth. Snapshots must all be whole.
-            let names: Vec<String> = e.snapshots().into_iter().map(|s| s.name).collect();
-            let mut buf = vec![0u8; SIZE];
-            m.snaps.retain_mut(|sn| {
-                let exists = names.contains(&sn.name);
-                assert!(
-                    exists || sn.certainty == Certainty::Maybe,
-                    "{ctx}: snapshot {} lost",
-                    sn.name
-                );
-                if exists {
-                    e.read_snapshot(&sn.name, 0, &mut buf).unwrap();
-                    assert!(buf == sn.image, "{ctx}: snapshot {} changed", sn.name);
-                }
-                sn.certainty = Certainty::Sure;
-                exists
-            });
+            settle_snapshots(&e, &mut m, &ctx);
             adopt_pre_restore(&e, &mut m, &ctx);
             // The failed operation's blocks are uncertain: adopt what is there, after checking
             // the model allows it, so the model is exact again.
