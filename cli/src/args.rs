@@ -45,9 +45,19 @@ pub enum Command {
     /// List, verify, restore or prune the points on a target (no daemon needed).
     #[command(subcommand)]
     Remote(RemoteCommand),
+    /// Print a shell completion script (e.g. `snapblk completions bash > /etc/bash_completion.d/snapblk`).
+    Completions(CompletionsArgs),
     /// Internal: the per-device daemon process started by create/recover.
     #[command(hide = true)]
     Daemon(DaemonArgs),
+}
+
+/// Arguments of `completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 impl Command {

@@ -25,5 +25,11 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Ship(a) => ship::ship(a),
         Command::Receive(a) => ship::receive(a),
         Command::Remote(c) => ship::remote(c),
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            let mut cmd = crate::args::Cli::command();
+            clap_complete::generate(a.shell, &mut cmd, "snapblk", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
