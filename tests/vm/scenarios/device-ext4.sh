@@ -13,27 +13,7 @@ exp_mnt=$VM_SCRATCH/ext4-export-mnt
 sums=$VM_SCRATCH/ext4-sums
 DEV= ID=
 
-# On failure, show the daemon's log (it lives outside the run directory).
-daemon_log() {
-    [[ -n $ID && -f /run/snapblk/$ID.log ]] || return 0
-    echo "# daemon log /run/snapblk/$ID.log (last 40 lines):"
-    tail -n 40 "/run/snapblk/$ID.log" | sed 's/^/#   /'
-}
-eval "lib_$(declare -f finish)"
-finish() {
-    ((T_FAILED > 0)) && daemon_log
-    lib_finish
-}
-
-create_dev() {
-    local out
-    out=$("$S" create --backing "$img" --size 256M) || { echo "$out"; return 1; }
-    echo "create printed: $out"
-    DEV=$(tail -n1 <<<"$out")
-    ID=${DEV#/dev/ublkb}
-    [[ -b $DEV ]] || { echo "$DEV is not a block device"; return 1; }
-    on_exit "$S" delete -n "$ID"
-}
+create_dev() { snapblk_create --backing "$img" --size 256M; }
 must "snapblk create --backing (256M, default store) returns with the device present" create_dev
 note "device $DEV (id $ID)"
 step "store defaults to <backing>.snapstore" test -f "$store"

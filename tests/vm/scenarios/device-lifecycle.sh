@@ -12,17 +12,6 @@ ID=5
 DEV=/dev/ublkb$ID
 ERR=$VM_SCRATCH/life.err
 
-daemon_log() {
-    [[ -f /run/snapblk/$ID.log ]] || return 0
-    echo "# daemon log /run/snapblk/$ID.log (last 40 lines):"
-    tail -n 40 "/run/snapblk/$ID.log" | sed 's/^/#   /'
-}
-eval "lib_$(declare -f finish)"
-finish() {
-    ((T_FAILED > 0)) && daemon_log
-    lib_finish
-}
-
 # fails_with NEEDLE CMD...  CMD must fail, with NEEDLE in a one-line stderr.
 fails_with() {
     local needle=$1

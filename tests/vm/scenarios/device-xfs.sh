@@ -11,25 +11,7 @@ mnt=$VM_SCRATCH/xfs-mnt
 sums=$VM_SCRATCH/xfs-sums
 DEV= ID=
 
-daemon_log() {
-    [[ -n $ID && -f /run/snapblk/$ID.log ]] || return 0
-    echo "# daemon log /run/snapblk/$ID.log (last 40 lines):"
-    tail -n 40 "/run/snapblk/$ID.log" | sed 's/^/#   /'
-}
-eval "lib_$(declare -f finish)"
-finish() {
-    ((T_FAILED > 0)) && daemon_log
-    lib_finish
-}
-
-create_dev() {
-    local out
-    out=$("$S" create --backing "$img" --size 512M --queues 2 --direct-io) || { echo "$out"; return 1; }
-    DEV=$(tail -n1 <<<"$out")
-    ID=${DEV#/dev/ublkb}
-    [[ -b $DEV ]] || return 1
-    on_exit "$S" delete -n "$ID"
-}
+create_dev() { snapblk_create --backing "$img" --size 512M --queues 2 --direct-io; }
 must "create (512M, 2 queues, O_DIRECT on backing and store)" create_dev
 must "mkfs.xfs" mkfs.xfs -q -f "$DEV"
 must "mount" mount_at "$DEV" "$mnt" -t xfs

@@ -81,7 +81,28 @@ note() {
 }
 
 # finish  print the summary line and exit 0 only when no step failed.
+# Device scenarios set ID to the snapblk device they created: on failure, finish shows that
+# daemon's log (it lives in /run/snapblk/ID.log, outside the run directory).
+snapblk_daemon_log() {
+    [[ -n ${ID:-} && -f /run/snapblk/$ID.log ]] || return 0
+    echo "# daemon log /run/snapblk/$ID.log (last 40 lines):"
+    tail -n 40 "/run/snapblk/$ID.log" | sed 's/^/#   /'
+}
+
+# snapblk_create ARGS...: `$S create ARGS`, then set DEV and ID from what it prints and delete
+# the device when the scenario exits.
+snapblk_create() {
+    local out
+    out=$("$S" create "$@") || { echo "$out"; return 1; }
+    echo "create printed: $out"
+    DEV=$(tail -n1 <<<"$out")
+    ID=${DEV#/dev/ublkb}
+    [[ -b $DEV ]] || { echo "$DEV is not a block device"; return 1; }
+    on_exit "$S" delete -n "$ID"
+}
+
 finish() {
+    ((T_FAILED > 0)) && snapblk_daemon_log
     echo "$T_PASSED passed, $T_FAILED failed"
     ((T_FAILED == 0)) && exit 0
     exit 1

@@ -15,25 +15,7 @@ remote=$VM_SCRATCH/remote
 URL=file://$remote
 DEV= ID=
 
-daemon_log() {
-    [[ -n $ID && -f /run/snapblk/$ID.log ]] || return 0
-    echo "# daemon log /run/snapblk/$ID.log (last 40 lines):"
-    tail -n 40 "/run/snapblk/$ID.log" | sed 's/^/#   /'
-}
-eval "lib_$(declare -f finish)"
-finish() {
-    ((T_FAILED > 0)) && daemon_log
-    lib_finish
-}
-
-create_dev() {
-    local out
-    out=$("$S" create --backing "$img" --size 128M) || { echo "$out"; return 1; }
-    DEV=$(tail -n1 <<<"$out")
-    ID=${DEV#/dev/ublkb}
-    [[ -b $DEV ]] || { echo "$DEV is not a block device"; return 1; }
-    on_exit "$S" delete -n "$ID"
-}
+create_dev() { snapblk_create --backing "$img" --size 128M; }
 must "create a 128M device" create_dev
 note "device $DEV (id $ID), remote $URL"
 must "mkfs.ext4" mkfs.ext4 -q -F "$DEV"
