@@ -118,6 +118,9 @@ common_flags() {
     local t=$1
     local max_len=65536
     [[ $t == superblock ]] && max_len=8192
+    # libFuzzer refuses to start when the artifact directory is missing (a fresh clone has
+    # none: fuzz/artifacts is ignored by git).
+    mkdir -p "$fuzz_dir/artifacts/$t"
     echo "-rss_limit_mb=$rss_mb -malloc_limit_mb=$malloc_mb -timeout=$timeout_s" \
         "-max_len=$max_len -dict=$fuzz_dir/snapblk.dict -artifact_prefix=$fuzz_dir/artifacts/$t/"
 }
