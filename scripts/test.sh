@@ -12,6 +12,18 @@ mode=${1:-full}
 started=$SECONDS
 stage() { printf '\n==> %s (%ss elapsed)\n' "$*" "$((SECONDS - started))"; }
 
+# Stages after the build all run even when one fails, so a single run shows every failure;
+# the exit status is non-zero if any failed.
+failed=()
+check() {
+    local name=$1
+    shift
+    if ! "$@"; then
+        echo "FAILED: $name" >&2
+        failed+=("$name")
+    fi
+}
+
 # cargo installed by rustup lives in ~/.cargo/bin, which a non-login shell may lack.
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -29,17 +41,21 @@ cargo build --release --workspace --all-targets
 stage "host tests: unit, model, crash, shipper against Garage, integration"
 # Garage was installed above: a missing server must fail the S3 tests, not skip them.
 if [[ $mode == full ]]; then export SNAPBLK_REQUIRE_GARAGE=1; fi
-cargo test --release --workspace
+check "host tests" cargo test --release --workspace
 
 stage "benchmark smoke (keeps the bench working; never judges speed)"
-cargo run --release -q -p snapblk-bench -- host --quick
+check "benchmark smoke" cargo run --release -q -p snapblk-bench -- host --quick
 
 stage "fuzz smoke: every regression input, then a few seconds per target"
-scripts/fuzz.sh smoke "${FUZZ_SECONDS:-3}"
+check "fuzz smoke" scripts/fuzz.sh smoke "${FUZZ_SECONDS:-3}"
 
 if [[ $mode == full ]]; then
     stage "VM end-to-end scenarios"
-    tests/vm/run.sh
+    check "VM scenarios" tests/vm/run.sh
 fi
 
-stage "done in $((SECONDS - started))s"
+if ((${#failed[@]})); then
+    stage "FAILED after $((SECONDS - started))s: ${failed[*]}"
+    exit 1
+fi
+stage "all passed in $((SECONDS - started))s"
