@@ -347,102 +347,125 @@ impl Report {
     }
 
     /// A horizontal bar chart: per case the median ratio (bar), its min–max (whisker) and the
-    /// target (red tick). Hand-written SVG: a dozen bars do not need a plotting library.
+    /// target (red tick); see [`ratio_svg`].
     pub fn svg(&self) -> String {
-        let cases: Vec<&Case> = self.cases.iter().filter(|c| !c.ratios.is_empty()).collect();
-        let (label_w, plot_w, row_h, top) = (230.0, 440.0, 30.0, 56.0);
-        // Capped so that the 0.3× and 0.5× targets stay readable next to cases far above 1×;
-        // bars past the cap are clipped and carry their value as text.
-        let max = (cases
-            .iter()
-            .map(|c| {
-                c.summary
-                    .ratio_max
-                    .max(c.target.plot_ratio().unwrap_or(0.0))
-            })
-            .fold(1.0f64, f64::max)
-            * 1.1)
-            .min(3.0);
-        let x = |v: f64| label_w + plot_w * (v / max).clamp(0.0, 1.0);
-        let h = top + row_h * cases.len() as f64 + 40.0;
-        let w = label_w + plot_w + 30.0;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-        let _ = writeln!(
-            s,
-            r#"<text x="10" y="20" font-size="14">snapblk host engine bench, {} ({} mode)</text>"#,
-            esc(&self.date_utc),
-            esc(&self.mode)
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="10" y="38">engine ÷ baseline: bar = median, black line = min–max, red tick = target (open: 1 s ÷ time)</text>"#
-        );
-        let mut tick = 0.0;
-        let step = 0.5;
-        while tick <= max {
-            let tx = x(tick);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{tx:.1}" y1="{top}" x2="{tx:.1}" y2="{:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle">{tick}×</text>"##,
-                h - 35.0,
-                h - 20.0
-            );
-            tick += step;
-        }
-        for (i, c) in cases.iter().enumerate() {
-            let y = top + row_h * i as f64;
-            let m = &c.summary;
-            let color = match m.met {
-                Some(true) => "#4a9",
-                Some(false) => "#d55",
-                None => "#999",
-            };
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-                label_w - 8.0,
-                y + 19.0,
-                esc(&c.name)
-            );
-            let _ = writeln!(
-                s,
-                r#"<rect x="{label_w}" y="{:.1}" width="{:.1}" height="18" fill="{color}"/>"#,
-                y + 6.0,
-                x(m.ratio_median) - label_w
-            );
-            let _ = writeln!(
-                s,
-                r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#222" stroke-width="1.5"/>"##,
-                x(m.ratio_min),
-                y + 15.0,
-                x(m.ratio_max),
-                y + 15.0
-            );
-            if let Some(t) = c.target.plot_ratio() {
-                let _ = writeln!(
-                    s,
-                    r##"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}" stroke="#c00" stroke-width="3"/>"##,
-                    x(t),
-                    y + 2.0,
-                    y + 28.0
-                );
-            }
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}">{:.2}</text>"#,
-                (x(m.ratio_max) + 4.0).min(label_w + plot_w - 10.0),
-                y + 19.0,
-                m.ratio_median
-            );
-        }
-        s.push_str("</svg>\n");
-        s
+        let cases: Vec<&Case> = self.cases.iter().collect();
+        ratio_svg(
+            &format!(
+                "snapblk host engine bench, {} ({} mode)",
+                self.date_utc, self.mode
+            ),
+            "engine ÷ baseline: bar = median, black line = min–max, red tick = target (open: 1 s ÷ time)",
+            &cases,
+        )
     }
+}
+
+/// A horizontal bar chart of cases: per case the median ratio (bar: green = target met, red =
+/// missed, grey = no target), its min–max (black line) and the target (red tick). Cases without
+/// ratios are left out. Hand-written SVG: a dozen bars do not need a plotting library. Shared
+/// by the host and the VM bench.
+pub fn ratio_svg(title: &str, subtitle: &str, cases: &[&Case]) -> String {
+    let cases: Vec<&Case> = cases
+        .iter()
+        .copied()
+        .filter(|c| !c.ratios.is_empty())
+        .collect();
+    // Wide enough for the longest name at ~7 px per character.
+    let longest = cases
+        .iter()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let label_w = (7.0 * longest as f64 + 16.0).max(230.0);
+    let (plot_w, row_h, top) = (440.0, 30.0, 56.0);
+    // Capped so that the 0.3× and 0.5× targets stay readable next to cases far above 1×;
+    // bars past the cap are clipped and carry their value as text.
+    let max = (cases
+        .iter()
+        .map(|c| {
+            c.summary
+                .ratio_max
+                .max(c.target.plot_ratio().unwrap_or(0.0))
+        })
+        .fold(1.0f64, f64::max)
+        * 1.1)
+        .min(3.0);
+    let x = |v: f64| label_w + plot_w * (v / max).clamp(0.0, 1.0);
+    let h = top + row_h * cases.len() as f64 + 40.0;
+    let w = label_w + plot_w + 30.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="20" font-size="14">{}</text>"#,
+        esc(title)
+    );
+    let _ = writeln!(s, r#"<text x="10" y="38">{}</text>"#, esc(subtitle));
+    let mut tick = 0.0;
+    let step = 0.5;
+    while tick <= max {
+        let tx = x(tick);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{tx:.1}" y1="{top}" x2="{tx:.1}" y2="{:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle">{tick}×</text>"##,
+            h - 35.0,
+            h - 20.0
+        );
+        tick += step;
+    }
+    for (i, c) in cases.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let m = &c.summary;
+        let color = match m.met {
+            Some(true) => "#4a9",
+            Some(false) => "#d55",
+            None => "#999",
+        };
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            label_w - 8.0,
+            y + 19.0,
+            esc(&c.name)
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect x="{label_w}" y="{:.1}" width="{:.1}" height="18" fill="{color}"/>"#,
+            y + 6.0,
+            x(m.ratio_median) - label_w
+        );
+        let _ = writeln!(
+            s,
+            r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#222" stroke-width="1.5"/>"##,
+            x(m.ratio_min),
+            y + 15.0,
+            x(m.ratio_max),
+            y + 15.0
+        );
+        if let Some(t) = c.target.plot_ratio() {
+            let _ = writeln!(
+                s,
+                r##"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}" stroke="#c00" stroke-width="3"/>"##,
+                x(t),
+                y + 2.0,
+                y + 28.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{:.2}</text>"#,
+            (x(m.ratio_max) + 4.0).min(label_w + plot_w - 10.0),
+            y + 19.0,
+            m.ratio_median
+        );
+    }
+    s.push_str("</svg>\n");
+    s
 }
 
 fn esc(t: &str) -> String {
