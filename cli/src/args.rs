@@ -1,13 +1,31 @@
 //! The command line (the contract in DESIGN.md, "Command-line contract").
 //! Shipping verbs (`ship`, `receive`, `remote`) live in `commands/ship.rs`.
 
+use crate::help;
 use crate::size::{parse_block_size, parse_duration, parse_size};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-/// snapblk: a userspace block device (ublk) with snapshots and rollback.
+/// Snapshots, rollback and off-site shipping for a Linux block device
+///
+/// snapblk puts a userspace block device (/dev/ublkbN, on the kernel's ublk driver)
+/// in front of a backing disk or file. Snapshots take O(1); a write that changes
+/// nothing is skipped; the first change of a block after a snapshot preserves the
+/// original in a separate store before the new data reaches the disk. `restore`
+/// rolls back (and is itself undoable), `ship` sends only the changed blocks to a
+/// directory, S3 or a peer, and `remote restore` rebuilds any shipped point.
+///
+/// Verbs that work on a device take `-n ID` (the N of /dev/ublkbN). With no daemon
+/// running, the same verbs work offline on the files: `--backing PATH [--store
+/// PATH]`.
 #[derive(Debug, Parser)]
-#[command(name = "snapblk", version, about, propagate_version = true)]
+#[command(
+    verbatim_doc_comment,
+    name = "snapblk",
+    version,
+    propagate_version = true,
+    after_long_help = help::SNAPBLK
+)]
 pub struct Cli {
     /// The verb.
     #[command(subcommand)]
@@ -17,35 +35,101 @@ pub struct Cli {
 /// Every verb.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create /dev/ublkbN over a backing file and start its daemon.
+    /// Create /dev/ublkbN over a backing file and start its daemon
+    ///
+    /// Opens (or formats) the store, adds a ublk device and starts one daemon process
+    /// per device that serves it; returns once /dev/ublkbN exists. The backing file is
+    /// created or extended to --size. The store defaults to <backing>.snapstore and is
+    /// bound to its backing file: opening it with another one is refused. Needs root
+    /// and the ublk_drv module (modprobe ublk_drv).
+    #[command(verbatim_doc_comment, after_long_help = help::CREATE)]
     Create(CreateArgs),
-    /// List devices and their daemons.
+    /// List devices and their daemons
+    ///
+    /// Every device with daemon state under the run directory, whether its daemon
+    /// runs, died (then `snapblk recover`) or left only stale state.
+    #[command(verbatim_doc_comment, after_long_help = help::LIST)]
     List(JsonFlag),
-    /// Show a device's status (all devices without -n).
+    /// Show a device's status (all devices without -n)
+    ///
+    /// Sizes, store use, snapshots, write-path counters (blocks written, identical
+    /// writes skipped, originals preserved, commit groups), device I/O counters and
+    /// shipping jobs. Offline (--backing) it reads the files without changing them.
+    #[command(verbatim_doc_comment, after_long_help = help::STATUS)]
     Status(StatusArgs),
-    /// Stop and remove a device; data stays on disk.
+    /// Stop and remove a device; data stays on disk
+    ///
+    /// Asks the daemon to drain in-flight I/O, checkpoint the store and remove the
+    /// device. Nothing is deleted from the backing file or the store. Needs root.
+    #[command(verbatim_doc_comment, after_long_help = help::DELETE)]
     Delete(IdArgs),
-    /// Reattach a device whose daemon died.
+    /// Reattach a device whose daemon died
+    ///
+    /// The kernel keeps /dev/ublkbN (and its queued I/O) when the daemon dies; this
+    /// starts a new daemon that replays the store's log and takes the device over.
+    /// Needs root.
+    #[command(verbatim_doc_comment, after_long_help = help::RECOVER)]
     Recover(RecoverArgs),
-    /// Create, list or delete snapshots.
-    #[command(subcommand)]
+    /// Create, list or delete snapshots
+    ///
+    /// A snapshot is a point in time of the whole device. Taking one only starts a
+    /// new, empty delta (O(1)); blocks are preserved as they are first changed.
+    #[command(verbatim_doc_comment, subcommand, after_long_help = help::SNAPSHOT)]
     Snapshot(SnapshotCommand),
-    /// Roll a device back to a snapshot (device must not be mounted; reversible).
+    /// Roll a device back to a snapshot (device must not be mounted; reversible)
+    ///
+    /// Writes the snapshot's content of every block changed since it back through the
+    /// normal write path: newer snapshots survive, blocks that already match cost
+    /// nothing, and an automatic pre-restore-<time> snapshot is taken first so the
+    /// restore itself can be undone. A restore interrupted by a crash is finished by
+    /// running it again. Refused while the device is mounted or open.
+    #[command(verbatim_doc_comment, after_long_help = help::RESTORE)]
     Restore(RestoreArgs),
-    /// Write a snapshot as a plain image file.
+    /// Write a snapshot as a plain image file
+    ///
+    /// The image has the device's size and the snapshot's content; the device keeps
+    /// running meanwhile.
+    #[command(verbatim_doc_comment, after_long_help = help::EXPORT)]
     Export(ExportArgs),
-    /// Changed block ranges between two snapshots (or a snapshot and now).
+    /// Changed block ranges between two snapshots (or a snapshot and now)
+    ///
+    /// Answered from the snapshots' block maps; the disk is not read.
+    #[command(verbatim_doc_comment, after_long_help = help::DIFF)]
     Diff(DiffArgs),
-    /// Verify a store's metadata and preserved blocks.
+    /// Verify a store's metadata and preserved blocks
+    ///
+    /// Reads every preserved block and checks it against its checksum, that no store
+    /// slot is used twice and that the allocator agrees with the snapshot index.
+    /// Read-only.
+    #[command(verbatim_doc_comment, after_long_help = help::CHECK)]
     Check(CheckArgs),
-    /// Ship changed blocks to a file://, s3:// or peer:// target (once or continuously).
+    /// Ship changed blocks to a file://, s3:// or peer:// target (once or continuously)
+    ///
+    /// Each point freezes the device as an internal snapshot, sends only the blocks
+    /// changed since the previous point (the first is a sparse full base) as immutable
+    /// segment objects, then publishes a manifest as the commit marker. With -n the
+    /// device's daemon ships; with --backing this process ships one point (--once).
+    /// s3:// settings and credentials come from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or --credentials, never from the
+    /// command line.
+    #[command(verbatim_doc_comment, after_long_help = help::SHIP)]
     Ship(ShipArgs),
-    /// Serve as a peer:// target: store what senders ship into a directory.
+    /// Serve as a peer:// target: store what senders ship into a directory
+    ///
+    /// Senders authenticate with the pre-shared key (the key never crosses the wire);
+    /// a point is acknowledged only after it is synced here. Runs until SIGINT or
+    /// SIGTERM.
+    #[command(verbatim_doc_comment, after_long_help = help::RECEIVE)]
     Receive(ReceiveArgs),
-    /// List, verify, restore or prune the points on a target (no daemon needed).
-    #[command(subcommand)]
+    /// List, verify, restore or prune the points on a target (no daemon needed)
+    ///
+    /// Works on any file://, s3:// or peer:// target that `snapblk ship` wrote to.
+    #[command(verbatim_doc_comment, subcommand, after_long_help = help::REMOTE)]
     Remote(RemoteCommand),
-    /// Print a shell completion script (e.g. `snapblk completions bash > /etc/bash_completion.d/snapblk`).
+    /// Print a shell completion script
+    ///
+    /// Writes the script for SHELL to stdout; install it where your shell looks.
+    #[command(verbatim_doc_comment, after_long_help = help::COMPLETIONS)]
     Completions(CompletionsArgs),
     /// Internal: the per-device daemon process started by create/recover.
     #[command(hide = true)]
@@ -178,7 +262,11 @@ pub struct RecoverArgs {
 /// `snapshot ...`.
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Take a snapshot (O(1)).
+    /// Take a snapshot (O(1))
+    ///
+    /// Names are 1 to 200 characters of letters, digits, '.', '_', ':' and '-', not
+    /// starting with '-', and unique on the device.
+    #[command(verbatim_doc_comment, after_long_help = help::SNAPSHOT_CREATE)]
     Create {
         /// Snapshot name.
         name: String,
@@ -188,7 +276,10 @@ pub enum SnapshotCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List snapshots, oldest first.
+    /// List snapshots, oldest first
+    ///
+    /// Internal ship-point snapshots are not listed.
+    #[command(verbatim_doc_comment, after_long_help = help::SNAPSHOT_LIST)]
     List {
         #[command(flatten)]
         target: Target,
@@ -196,12 +287,19 @@ pub enum SnapshotCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a snapshot (its blocks merge into the previous one).
+    /// Delete a snapshot (its blocks merge into the previous one)
+    ///
+    /// Preserved blocks the previous snapshot still needs move to it (no data is
+    /// copied); the rest are freed for reuse.
+    #[command(verbatim_doc_comment, after_long_help = help::SNAPSHOT_DELETE)]
     Delete {
         /// Snapshot name.
         name: String,
         #[command(flatten)]
         target: Target,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -227,6 +325,9 @@ pub struct ExportArgs {
     /// Image file to write (must not exist).
     #[arg(long, value_name = "IMAGE")]
     pub to: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `diff`.
@@ -328,10 +429,18 @@ pub struct RemoteFrom {
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
     /// Committed points, oldest first.
+    #[command(after_long_help = help::REMOTE_LIST)]
     List(RemoteFrom),
-    /// Prove every point restorable (exit status non-zero on any problem).
+    /// Prove every point restorable (exit status non-zero on any problem)
+    ///
+    /// Decodes every manifest, checks each link of the chain, and reads every segment
+    /// against its recorded SHA-256 and every record against its crc32.
+    #[command(verbatim_doc_comment, after_long_help = help::REMOTE_VERIFY)]
     Verify(RemoteFrom),
-    /// Rebuild the image of a point into a new file (or a block device).
+    /// Rebuild the image of a point into a new file (or a block device)
+    ///
+    /// Every block is checked against its checksum before it is written.
+    #[command(verbatim_doc_comment, after_long_help = help::REMOTE_RESTORE)]
     Restore {
         #[command(flatten)]
         from: RemoteFrom,
@@ -342,7 +451,12 @@ pub enum RemoteCommand {
         #[arg(long, value_name = "IMAGE")]
         to: PathBuf,
     },
-    /// Keep the newest N points, merging older ones into a new base.
+    /// Keep the newest N points, merging older ones into a new base
+    ///
+    /// When the oldest kept point is an increment it is first rewritten as a full
+    /// base holding everything it depended on, so every kept point stays restorable;
+    /// only then are the older points' objects deleted.
+    #[command(verbatim_doc_comment, after_long_help = help::REMOTE_PRUNE)]
     Prune {
         #[command(flatten)]
         from: RemoteFrom,
@@ -375,6 +489,130 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The invocations the `Examples:` section of a help text shows: every
+    /// `snapblk ...` on an indented line (also after `&&`), cut where shell takes
+    /// over (` #`, ` |`, ` >`). The section ends at the next unindented heading.
+    fn examples(help: &str) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let section = help
+            .lines()
+            .skip_while(|l| l.trim_end() != "Examples:")
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with(' '));
+        for line in section {
+            for part in line.split("&&") {
+                let Some(rest) = part.trim_start().strip_prefix("snapblk ") else {
+                    continue;
+                };
+                let args = rest.split(['#', '|', '>']).next().unwrap_or("");
+                out.push(
+                    std::iter::once("snapblk")
+                        .chain(args.split_whitespace())
+                        .map(str::to_string)
+                        .collect(),
+                );
+            }
+        }
+        out
+    }
+
+    /// The visible commands under `cmd` with their paths (`["snapshot", "create"]`).
+    fn visible_commands(
+        cmd: &clap::Command,
+        path: Vec<String>,
+        out: &mut Vec<(Vec<String>, clap::Command)>,
+    ) {
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands() {
+            if sub.is_hide_set() || sub.get_name() == "help" {
+                continue;
+            }
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            visible_commands(sub, p, out);
+        }
+    }
+
+    /// The subcommand path an argument list selects.
+    fn selected_path(m: &clap::ArgMatches) -> Vec<String> {
+        let mut path = Vec::new();
+        let mut m = m;
+        while let Some((name, sub)) = m.subcommand() {
+            path.push(name.to_string());
+            m = sub;
+        }
+        path
+    }
+
+    #[test]
+    fn every_example_in_the_long_help_parses_and_runs_its_own_verb() {
+        let mut root = Cli::command();
+        root.build();
+        let mut all = Vec::new();
+        visible_commands(&root, Vec::new(), &mut all);
+        assert!(all.len() >= 20, "only {} commands found", all.len());
+        let mut checked = 0;
+        for (path, mut cmd) in all {
+            let shown = std::iter::once("snapblk")
+                .chain(path.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let long = cmd.render_long_help().to_string();
+            let short = cmd.render_help().to_string();
+            assert!(
+                long.contains("Examples:"),
+                "{shown} --help has no examples:\n{long}"
+            );
+            assert!(
+                !short.contains("Examples:"),
+                "{shown} -h should stay short:\n{short}"
+            );
+            let ex = examples(&long);
+            assert!(!ex.is_empty(), "{shown} --help shows no `snapblk ...` line");
+            for argv in ex {
+                let line = argv.join(" ");
+                let asks_help = argv.iter().any(|a| a == "help" || a == "--help");
+                match Cli::command().try_get_matches_from(&argv) {
+                    Ok(m) => {
+                        let sel = selected_path(&m);
+                        assert!(
+                            sel.starts_with(&path),
+                            "example `{line}` in `{shown} --help` runs `{}` instead",
+                            sel.join(" ")
+                        );
+                        // The derive layer accepts it too (value parsers, groups).
+                        Cli::try_parse_from(&argv).unwrap_or_else(|e| {
+                            panic!("example `{line}` in `{shown} --help`: {e}")
+                        });
+                    }
+                    Err(e) if asks_help && e.kind() == clap::error::ErrorKind::DisplayHelp => {}
+                    Err(e) => panic!("example `{line}` in `{shown} --help` does not parse:\n{e}"),
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 50, "only {checked} examples checked");
+    }
+
+    #[test]
+    fn the_example_extractor_cuts_shell_syntax() {
+        let ex = examples(
+            "snapblk restore is here\nExamples:\n  umount /mnt && snapblk restore a -n 0\n    snapblk list --json | jq .\n  snapblk completions bash > f # x\n  not snapblk here\n\nOutput:\n  snapblk list is not an example",
+        );
+        let ex: Vec<String> = ex.iter().map(|a| a.join(" ")).collect();
+        assert_eq!(
+            ex,
+            [
+                "snapblk restore a -n 0",
+                "snapblk list --json",
+                "snapblk completions bash"
+            ]
+        );
+        // A broken example is caught.
+        let bad = &examples("Examples:\n    snapblk restore -n 0 --to x")[0];
+        assert!(Cli::try_parse_from(bad).is_err());
     }
 
     #[test]

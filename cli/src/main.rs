@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod help;
 mod logging;
 mod output;
 mod progress;

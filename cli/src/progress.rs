@@ -1,44 +1,119 @@
-//! Progress bars for long verbs (restore, export), only when stderr is a
-//! terminal so scripts and logs stay clean.
+//! Progress bars for long verbs (restore, export, ship, remote restore), drawn
+//! on stderr only when stderr is a terminal, so scripts, pipes and logs never
+//! see bar redraws.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+/// What a bar counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Tracking blocks.
+    Blocks,
+    /// Bytes (shown in KiB/MiB/GiB with a rate).
+    Bytes,
+    /// Remote segment objects.
+    Segments,
+}
 
 /// A progress display that may be invisible.
 pub struct Progress {
-    bar: Option<ProgressBar>,
+    what: String,
+    unit: Unit,
+    visible: bool,
+    // Made on the first update: the total is unknown until the engine reports it, and a
+    // bar of length 0 would flash "100%" before the work starts.
+    bar: OnceLock<ProgressBar>,
 }
 
 impl Progress {
-    /// A bar labelled `what`, shown only on a terminal.
-    pub fn new(what: &str) -> Progress {
-        if !std::io::stderr().is_terminal() {
-            return Progress { bar: None };
+    /// A bar labelled `what` counting `unit`, shown only when stderr is a terminal.
+    pub fn new(what: &str, unit: Unit) -> Progress {
+        Progress::with_visibility(what, unit, std::io::stderr().is_terminal())
+    }
+
+    fn with_visibility(what: &str, unit: Unit, visible: bool) -> Progress {
+        Progress {
+            what: what.to_string(),
+            unit,
+            visible,
+            bar: OnceLock::new(),
         }
-        let bar = ProgressBar::new(0);
-        if let Ok(style) =
-            ProgressStyle::with_template("{msg} [{bar:40}] {percent:>3}% ({pos}/{len}) eta {eta}")
-        {
-            bar.set_style(style.progress_chars("=> "));
+    }
+
+    fn template(&self) -> &'static str {
+        match self.unit {
+            Unit::Blocks => "{msg} [{bar:40}] {percent:>3}% {pos}/{len} blocks, eta {eta}",
+            Unit::Bytes => {
+                "{msg} [{bar:40}] {percent:>3}% {bytes}/{total_bytes} ({binary_bytes_per_sec}), eta {eta}"
+            }
+            Unit::Segments => "{msg} [{bar:40}] {percent:>3}% {pos}/{len} segments, eta {eta}",
         }
-        bar.set_message(what.to_string());
-        Progress { bar: Some(bar) }
+    }
+
+    fn bar(&self, total: u64) -> &ProgressBar {
+        self.bar.get_or_init(|| {
+            let bar = ProgressBar::new(total);
+            if let Ok(style) = ProgressStyle::with_template(self.template()) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(self.what.clone());
+            bar
+        })
     }
 
     /// Records `done` of `total` units.
     pub fn update(&self, done: u64, total: u64) {
-        if let Some(b) = &self.bar {
-            if b.length() != Some(total) {
-                b.set_length(total);
-            }
-            b.set_position(done);
+        if !self.visible {
+            return;
         }
+        let b = self.bar(total);
+        if b.length() != Some(total) {
+            b.set_length(total);
+        }
+        b.set_position(done);
     }
 
-    /// Removes the bar.
+    /// Removes the bar (the verb prints its own one-line result).
     pub fn finish(&self) {
-        if let Some(b) = &self.bar {
+        if let Some(b) = self.bar.get() {
             b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invisible_bar_never_makes_one() {
+        let p = Progress::with_visibility("x", Unit::Blocks, false);
+        p.update(1, 2);
+        p.finish();
+        assert!(p.bar.get().is_none());
+    }
+
+    #[test]
+    fn the_bar_starts_at_the_first_reported_total() {
+        let p = Progress::with_visibility("x", Unit::Bytes, true);
+        assert!(p.bar.get().is_none(), "no bar before any update");
+        p.update(0, 4096);
+        p.update(1024, 4096);
+        let b = p.bar.get().map(|b| (b.length(), b.position()));
+        assert_eq!(b, Some((Some(4096), 1024)));
+        p.finish();
+    }
+
+    #[test]
+    fn every_template_is_valid() {
+        for unit in [Unit::Blocks, Unit::Bytes, Unit::Segments] {
+            let p = Progress::with_visibility("x", unit, true);
+            assert!(
+                ProgressStyle::with_template(p.template()).is_ok(),
+                "{unit:?}"
+            );
         }
     }
 }

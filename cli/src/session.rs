@@ -78,6 +78,7 @@ impl Session {
         if !rundir::pid_alive(pid) {
             return Err(Error::DaemonDead { id, pid }.into());
         }
+        tracing::debug!(id, pid, socket = %rd.socket_path().display(), "talking to the device's daemon");
         Ok(Session::Online {
             id,
             client: Client::new(&rd.socket_path()),
@@ -110,6 +111,7 @@ impl Session {
                 backing.display()
             );
         }
+        tracing::debug!(backing = %backing.display(), store = %store.display(), ?access, "opening the store offline");
         let opts = OpenOptions {
             create: false,
             read_only: access == Access::ReadOnly,
@@ -122,6 +124,7 @@ impl Session {
                 backing.display()
             )
         })?;
+        tracing::debug!(store = %store.display(), "store open");
         Ok(Session::Offline {
             engine: Box::new(engine),
         })
@@ -159,7 +162,10 @@ impl Session {
     pub fn close(self) -> Result<()> {
         match self {
             Session::Online { .. } => Ok(()),
-            Session::Offline { engine } => engine.close().context("close the store (checkpoint)"),
+            Session::Offline { engine } => {
+                tracing::debug!("closing the store (checkpoint)");
+                engine.close().context("close the store (checkpoint)")
+            }
         }
     }
 }

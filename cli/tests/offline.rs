@@ -1,11 +1,12 @@
 //! The offline forms (`--backing PATH --store PATH`) run the real engine on
 //! temp files through the built binary, and the one-line errors users see.
 
-use snapmap::{Engine, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-const BS: usize = 4096;
+use common::{fails_with, ok, pattern, snapblk, volume, Vol, BS};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
 const BLOCKS: usize = 256;
 
 struct Fixture {
@@ -15,69 +16,26 @@ struct Fixture {
     original: Vec<u8>,
 }
 
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
-        .collect()
-}
-
 /// A store with snapshot `s1` of `original`, after which blocks 10..20 and
 /// 100 were overwritten.
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let backing = dir.path().join("disk.img");
-    let store = dir.path().join("disk.img.snapstore");
-    let opts = OpenOptions {
-        size: Some((BS * BLOCKS) as u64),
-        ..OpenOptions::default()
-    };
-    let e = Engine::open_files(&backing, &store, &opts).unwrap();
-    let original = pattern(1, BS * BLOCKS);
-    e.write(0, &original).unwrap();
-    e.create_snapshot("s1").unwrap();
-    e.write((10 * BS) as u64, &pattern(7, 10 * BS)).unwrap();
-    e.write((100 * BS) as u64, &pattern(9, BS)).unwrap();
-    e.close().unwrap();
+    let v = volume(BLOCKS, BLOCKS);
+    v.with_engine(|e| {
+        e.create_snapshot("s1").unwrap();
+        e.write((10 * BS) as u64, &pattern(7, 10 * BS)).unwrap();
+        e.write((100 * BS) as u64, &pattern(9, BS)).unwrap();
+    });
+    let Vol {
+        dir,
+        backing,
+        store,
+    } = v;
     Fixture {
         dir,
         backing,
         store,
-        original,
+        original: pattern(1, BS * BLOCKS),
     }
-}
-
-fn snapblk(run_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_snapblk"))
-        .args(args)
-        .env("SNAPBLK_RUN_DIR", run_dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails_with(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success(),
-        "unexpected success: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "error is not one line: {err:?}"
-    );
 }
 
 impl Fixture {
@@ -215,4 +173,48 @@ fn create_reports_missing_backing_and_missing_kernel_module() {
     } else {
         fails_with(&o, "does not exist");
     }
+}
+
+#[test]
+fn the_printed_undo_command_runs_as_is_and_undoes_the_restore() {
+    let f = fixture();
+    let live = std::fs::read(&f.backing).unwrap();
+    // Relative paths in, absolute paths out: the undo must work from anywhere.
+    let o = common::command(
+        f.dir.path(),
+        &[
+            "restore",
+            "s1",
+            "--backing",
+            "disk.img",
+            "--store",
+            "disk.img.snapstore",
+        ],
+    )
+    .current_dir(f.dir.path())
+    .output()
+    .unwrap();
+    let out = ok(&o);
+    let undo = out
+        .lines()
+        .find_map(|l| l.strip_prefix("undo with: snapblk "))
+        .unwrap_or_else(|| panic!("no undo line in {out:?}"));
+    let args: Vec<&str> = undo.split_whitespace().collect();
+    assert!(
+        args.contains(&"--backing") && args.contains(&"--store"),
+        "{undo}"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_snapblk"))
+        .args(&args)
+        .current_dir(elsewhere.path())
+        .env("SNAPBLK_RUN_DIR", f.dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(
+        std::fs::read(&f.backing).unwrap() == live,
+        "the undo command did not bring back the image from before the restore"
+    );
 }

@@ -2,116 +2,17 @@
 //! target, then `remote list/restore/verify/prune`, each image compared byte for byte
 //! with `export` of the snapshot taken at the same moment.
 
-use snapmap::{Engine, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-const BS: usize = 4096;
+use common::{fails_with, ok, pattern, Vol, BS};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 const BLOCKS: usize = 512;
 
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i / BS) as u8)
-        .collect()
-}
-
-fn snapblk(run_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_snapblk"))
-        .args(args)
-        .env("SNAPBLK_RUN_DIR", run_dir)
-        .env_remove("RUST_LOG")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("SNAPBLK_PEER_KEY_FILE")
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails_with(o: &Output, needle: &str) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(
-        !o.status.success(),
-        "unexpected success: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
-    err
-}
-
-struct Vol {
-    dir: tempfile::TempDir,
-    backing: PathBuf,
-    store: PathBuf,
-}
-
-impl Vol {
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).display().to_string()
-    }
-    fn with_engine(&self, f: impl FnOnce(&Engine)) {
-        let e = Engine::open_files(&self.backing, &self.store, &OpenOptions::default()).unwrap();
-        f(&e);
-        e.close().unwrap();
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        snapblk(&self.p("run"), args)
-    }
-    fn files(&self) -> [String; 4] {
-        [
-            "--backing".into(),
-            self.backing.display().to_string(),
-            "--store".into(),
-            self.store.display().to_string(),
-        ]
-    }
-    fn ship(&self, url: &str) -> serde_json::Value {
-        let f = self.files();
-        let mut args: Vec<&str> = vec!["ship"];
-        args.extend(f.iter().map(String::as_str));
-        args.extend(["--to", url, "--once", "--json"]);
-        serde_json::from_str(&ok(&self.run(&args))).unwrap()
-    }
-    fn export(&self, snap: &str, to: &str) -> Vec<u8> {
-        let f = self.files();
-        let mut args: Vec<&str> = vec!["export", snap];
-        args.extend(f.iter().map(String::as_str));
-        args.extend(["--to", to]);
-        ok(&self.run(&args));
-        std::fs::read(to).unwrap()
-    }
-}
-
+/// Leaves the second half never written: the first point is a sparse base.
 fn volume() -> Vol {
-    let dir = tempfile::tempdir().unwrap();
-    let backing = dir.path().join("disk.img");
-    let store = dir.path().join("disk.img.snapstore");
-    let opts = OpenOptions {
-        size: Some((BS * BLOCKS) as u64),
-        ..OpenOptions::default()
-    };
-    let e = Engine::open_files(&backing, &store, &opts).unwrap();
-    // Leave the second half never written: the first point is a sparse base.
-    e.write(0, &pattern(1, BS * BLOCKS / 2)).unwrap();
-    e.close().unwrap();
-    std::fs::create_dir(dir.path().join("run")).unwrap();
-    Vol {
-        dir,
-        backing,
-        store,
-    }
+    common::volume(BLOCKS, BLOCKS / 2)
 }
 
 #[test]

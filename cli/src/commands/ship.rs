@@ -6,7 +6,7 @@
 
 use crate::args::{CredArgs, ReceiveArgs, RemoteCommand, RemoteFrom, ShipArgs};
 use crate::output;
-use crate::progress::Progress;
+use crate::progress::{Progress, Unit};
 use crate::session::{absolute, Access, Session};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -119,7 +119,8 @@ pub fn ship(a: ShipArgs) -> Result<()> {
     } else if a.resume && a.interval.is_none() {
         control(ShipAction::Resume)?
     } else if a.once {
-        let bar = Progress::new(&format!("ship to {url}"));
+        tracing::info!(id, %url, "ship: asking the daemon to ship one point");
+        let bar = Progress::new("ship", Unit::Blocks);
         let res = s.request(
             Request::ShipOnce {
                 url: url.clone(),
@@ -180,13 +181,15 @@ fn ship_offline(backing: &Path, store: Option<&Path>, url: &str, a: &ShipArgs) -
         None => DeviceSpec::default_store(&absolute(backing)?),
     };
     let creds = credentials(&a.creds)?;
+    tracing::debug!(%url, "ship: opening the target");
     let target =
         shipper::target_from_url(url, &creds).with_context(|| format!("open ship target {url}"))?;
     let Session::Offline { engine } = Session::offline(backing, store, Access::ReadWrite)? else {
         bail!("internal: offline session expected");
     };
     let mut opts = ShipOptions::new(ship_state_path(&store_path, url));
-    let bar = std::sync::Arc::new(Progress::new(&format!("ship to {url}")));
+    tracing::info!(%url, state = %opts.state_path.display(), "ship: freezing a ship point and sending the changed blocks");
+    let bar = std::sync::Arc::new(Progress::new("ship", Unit::Blocks));
     let b = bar.clone();
     opts.progress = Some(std::sync::Arc::new(move |d, t| b.update(d, t)));
     let res = shipper::ship_once(engine.as_ref(), target.as_ref(), &opts);
@@ -197,6 +200,7 @@ fn ship_offline(backing: &Path, store: Option<&Path>, url: &str, a: &ShipArgs) -
         .context("close the store (checkpoint) after shipping");
     let info = res.with_context(|| format!("ship {} to {url}", backing.display()))?;
     closed?;
+    tracing::info!(%url, seq = info.seq, committed = info.committed, "ship: done");
     let mut v = serde_json::to_value(&info).context("encode ship result")?;
     v["url"] = json!(url);
     v["state_file"] = json!(opts.state_path);
@@ -246,6 +250,7 @@ pub fn receive(a: ReceiveArgs) -> Result<()> {
 
 fn open_remote(f: &RemoteFrom) -> Result<Box<dyn shipper::Target>> {
     let url = normalize_url(&f.from)?;
+    tracing::debug!(%url, "opening the remote");
     shipper::target_from_url(&url, &credentials(&f.creds)?)
         .with_context(|| format!("open remote {url}"))
 }
@@ -338,12 +343,19 @@ pub fn remote(cmd: RemoteCommand) -> Result<()> {
                 );
             }
             let t = open_remote(&from)?;
-            let bar = Progress::new(&format!("restore point {point}"));
+            tracing::info!(from = %from.from, ?sel, to = %to.display(), "remote restore: rebuilding the image");
+            let bar = Progress::new(&format!("restore point {point}"), Unit::Segments);
             let res = shipper::remote_restore(t.as_ref(), sel, &to, &|d, n| bar.update(d, n));
             bar.finish();
             let r = res.with_context(|| {
                 format!("restore point {point} of {} to {}", from.from, to.display())
             })?;
+            tracing::info!(
+                seq = r.seq,
+                blocks = r.blocks_written,
+                segments = r.segments_read,
+                "remote restore: done"
+            );
             if from.json {
                 output::json(&serde_json::to_value(&r).context("encode restore report")?);
             } else {

@@ -3,11 +3,12 @@
 
 use crate::args::{CheckArgs, DiffArgs, ExportArgs, RestoreArgs, SnapshotCommand};
 use crate::output;
-use crate::progress::Progress;
+use crate::progress::{Progress, Unit};
 use crate::session::{absolute, Access, Session};
 use anyhow::{bail, Result};
 use serde_json::Value;
 use ublk_target::control::Request;
+use ublk_target::DeviceSpec;
 
 fn no_progress() -> impl FnMut(u64, u64) + Send {
     |_, _| {}
@@ -42,14 +43,18 @@ pub fn snapshot(cmd: SnapshotCommand) -> Result<()> {
                 output::snapshots(&v);
             }
         }
-        SnapshotCommand::Delete { name, target } => {
+        SnapshotCommand::Delete { name, target, json } => {
             let s = Session::open(&target, Access::ReadWrite)?;
-            s.request(
+            let v = s.request(
                 Request::SnapshotDelete { name: name.clone() },
                 &mut no_progress(),
             )?;
             s.close()?;
-            println!("deleted snapshot {name}");
+            if json {
+                output::json(&v);
+            } else {
+                println!("deleted snapshot {name}");
+            }
         }
     }
     Ok(())
@@ -58,7 +63,8 @@ pub fn snapshot(cmd: SnapshotCommand) -> Result<()> {
 /// `restore`.
 pub fn restore(a: RestoreArgs) -> Result<()> {
     let s = Session::open(&a.target, Access::ReadWrite)?;
-    let bar = Progress::new(&format!("restore {}", a.name));
+    tracing::info!(snapshot = %a.name, "restore: writing the snapshot's blocks back");
+    let bar = Progress::new(&format!("restore {}", a.name), Unit::Blocks);
     let res = s.request(
         Request::Restore {
             name: a.name.clone(),
@@ -69,6 +75,7 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     let id = s.id();
     s.close()?;
     let v = res?;
+    tracing::info!(snapshot = %a.name, report = %v["report"], "restore: done");
     if a.json {
         output::json(&v);
         return Ok(());
@@ -84,9 +91,21 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
         v.get("secs").and_then(Value::as_f64).unwrap_or(0.0)
     );
     if let Some(pre) = r.get("pre_restore").and_then(Value::as_str) {
-        let how = match id {
-            Some(id) => format!("-n {id}"),
-            None => "with the same --backing/--store".into(),
+        let how = match (id, &a.target.backing) {
+            (Some(id), _) => format!("-n {id}"),
+            (None, Some(backing)) => {
+                let backing = absolute(backing)?;
+                let store = match &a.target.store {
+                    Some(st) => absolute(st)?,
+                    None => DeviceSpec::default_store(&backing),
+                };
+                format!(
+                    "--backing {} --store {}",
+                    backing.display(),
+                    store.display()
+                )
+            }
+            (None, None) => "with the same --backing/--store".into(),
         };
         println!("undo with: snapblk restore {pre} {how}");
     }
@@ -103,7 +122,8 @@ pub fn export(a: ExportArgs) -> Result<()> {
         );
     }
     let s = Session::open(&a.target, Access::ReadOnly)?;
-    let bar = Progress::new(&format!("export {}", a.name));
+    tracing::info!(snapshot = %a.name, to = %to.display(), "export: writing the snapshot image");
+    let bar = Progress::new(&format!("export {}", a.name), Unit::Bytes);
     let res = s.request(
         Request::Export {
             name: a.name.clone(),
@@ -113,8 +133,13 @@ pub fn export(a: ExportArgs) -> Result<()> {
     );
     bar.finish();
     s.close()?;
-    res?;
-    println!("exported snapshot {} to {}", a.name, to.display());
+    let v = res?;
+    tracing::info!(snapshot = %a.name, to = %to.display(), "export: done");
+    if a.json {
+        output::json(&v);
+    } else {
+        println!("exported snapshot {} to {}", a.name, to.display());
+    }
     Ok(())
 }
 
