@@ -2,15 +2,23 @@
 //! sync. A caller queues its request and either waits or, if no commit is running, becomes the
 //! leader and commits everything queued so far. The leader role also serializes commit groups,
 //! which the recovery argument needs: group N+1 is only written after group N's sync returned.
+//!
+//! Wakeups are targeted: when a group is durable, only the callers whose requests it carried are
+//! woken (each parks on its own thread), and leadership is handed to the oldest caller still
+//! queued by waking that one thread. A condition variable shared by all waiters would wake every
+//! one of them after every group, only for all but a few to find their ticket not done and go
+//! back to sleep — with dozens of writers that was a large share of the copy-on-write path's time.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
+use std::thread::Thread;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::Entry;
-use crate::io::AlignedBuf;
+use crate::scratch::Scratch;
 
-/// One caller's share of a commit group.
+/// One caller's share of a commit group. The committer hands it back to its caller afterwards,
+/// so the buffer returns to the pool of the thread that filled it.
 pub(crate) struct Request {
     /// Events to journal after the preserves (snapshot created, deleted, …).
     pub meta: Vec<Entry>,
@@ -18,8 +26,13 @@ pub(crate) struct Request {
     pub snap: u64,
     /// Origin blocks being preserved.
     pub blocks: Vec<u32>,
-    /// Their original contents, `blocks.len()` blocks back to back.
-    pub data: AlignedBuf,
+    /// crc32 of each preserved block's original content, computed by the caller (in parallel
+    /// with other callers, rather than by the leader while everyone waits).
+    pub crcs: Vec<u32>,
+    /// For each preserved block, its index (in blocks) within `data`.
+    pub at: Vec<usize>,
+    /// The original contents; block `blocks[k]` is at block index `at[k]`.
+    pub data: Scratch,
 }
 
 impl Request {
@@ -29,23 +42,75 @@ impl Request {
             meta,
             snap: 0,
             blocks: Vec::new(),
-            data: AlignedBuf::zeroed(0),
+            crcs: Vec::new(),
+            at: Vec::new(),
+            data: Scratch::take(0),
         }
     }
 }
 
+/// A queued request and the thread to wake when it is done (or must lead).
+struct Waiting {
+    ticket: u64,
+    req: Request,
+    thread: Thread,
+}
+
 struct Queue {
-    pending: VecDeque<(u64, Request)>,
-    done: HashMap<u64, Result<()>>,
+    pending: VecDeque<Waiting>,
+    done: HashMap<u64, (Result<()>, Request)>,
     next_ticket: u64,
+    /// A leader is committing a group, or has been chosen to commit the next one.
     leader: bool,
+    /// The ticket chosen to lead next (its thread was woken for that).
+    handoff: Option<u64>,
 }
 
 /// The queue all commits go through.
 pub(crate) struct Committer {
     queue: Mutex<Queue>,
-    cv: Condvar,
     max_blocks: usize,
+}
+
+/// If `run` panics, the callers whose requests the group carried must not wait forever: they get
+/// an error, and leadership passes on.
+struct LeaderGuard<'a> {
+    committer: &'a Committer,
+    tickets: Vec<(u64, Thread)>,
+    /// The leader's own ticket: its thread is the one unwinding, nobody waits for it.
+    me: u64,
+    armed: bool,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut q = self.committer.lock();
+        let mut wake = Vec::new();
+        for (t, th) in self.tickets.drain(..) {
+            if t == self.me {
+                continue;
+            }
+            q.done.insert(
+                t,
+                (
+                    Err(Error::Invalid(
+                        "commit group aborted by a panic in the committing thread: reopen the store"
+                            .into(),
+                    )),
+                    Request::meta(Vec::new()),
+                ),
+            );
+            wake.push(th);
+        }
+        Committer::pass_on(&mut q, &mut wake, None);
+        drop(q);
+        for th in wake {
+            th.unpark();
+        }
+    }
 }
 
 impl Committer {
@@ -58,52 +123,209 @@ impl Committer {
                 done: HashMap::new(),
                 next_ticket: 0,
                 leader: false,
+                handoff: None,
             }),
-            cv: Condvar::new(),
             max_blocks,
         }
     }
 
-    /// Queues `req` and returns once it is durable (or failed). `run` commits one group and
-    /// returns one result per request, in order.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // The queue holds plain data; a panic elsewhere cannot leave it half-updated.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a group: hand leadership to the oldest queued request (adding its thread to `wake`
+    /// unless it is `me`, who is running already), or leave no leader.
+    fn pass_on(q: &mut Queue, wake: &mut Vec<Thread>, me: Option<u64>) {
+        match q.pending.front() {
+            Some(w) => {
+                q.leader = true;
+                q.handoff = Some(w.ticket);
+                if Some(w.ticket) != me {
+                    wake.push(w.thread.clone());
+                }
+            }
+            None => {
+                q.leader = false;
+                q.handoff = None;
+            }
+        }
+    }
+
+    /// Queues `req` and returns once it is durable (or failed), with the request handed back.
+    /// `run` commits one group and returns one result per request, in order.
     pub fn commit(
         &self,
         req: Request,
-        run: impl Fn(Vec<(u64, Request)>) -> Vec<(u64, Result<()>)>,
-    ) -> Result<()> {
-        // The queue holds plain data; a panic elsewhere cannot leave it half-updated.
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        run: impl Fn(&[Request]) -> Vec<Result<()>>,
+    ) -> (Result<()>, Request) {
+        let mut q = self.lock();
         let ticket = q.next_ticket;
         q.next_ticket += 1;
-        q.pending.push_back((ticket, req));
+        q.pending.push_back(Waiting {
+            ticket,
+            req,
+            thread: std::thread::current(),
+        });
         loop {
-            if let Some(r) = q.done.remove(&ticket) {
-                return r;
+            if let Some(d) = q.done.remove(&ticket) {
+                return d;
             }
-            if !q.leader {
-                q.leader = true;
-                let mut batch = Vec::new();
-                let mut blocks = 0;
-                while let Some((_, r)) = q.pending.front() {
-                    if !batch.is_empty() && blocks + r.blocks.len() > self.max_blocks {
-                        break;
-                    }
-                    blocks += r.blocks.len();
-                    if let Some(item) = q.pending.pop_front() {
-                        batch.push(item);
-                    }
-                }
+            let may_lead = if q.leader {
+                q.handoff == Some(ticket)
+            } else {
+                true
+            };
+            if !may_lead {
                 drop(q);
-                let results = run(batch);
-                q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                for (t, r) in results {
-                    q.done.insert(t, r);
-                }
-                q.leader = false;
-                self.cv.notify_all();
+                // Woken when our group is done or we are to lead; a spurious return just loops.
+                std::thread::park();
+                q = self.lock();
                 continue;
             }
-            q = self.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            q.leader = true;
+            q.handoff = None;
+            let mut batch: Vec<Waiting> = Vec::new();
+            let mut blocks = 0;
+            while let Some(w) = q.pending.front() {
+                if !batch.is_empty() && blocks + w.req.blocks.len() > self.max_blocks {
+                    break;
+                }
+                blocks += w.req.blocks.len();
+                if let Some(w) = q.pending.pop_front() {
+                    batch.push(w);
+                }
+            }
+            drop(q);
+            let (tickets, reqs): (Vec<(u64, Thread)>, Vec<Request>) = batch
+                .into_iter()
+                .map(|w| ((w.ticket, w.thread), w.req))
+                .unzip();
+            let mut guard = LeaderGuard {
+                committer: self,
+                tickets,
+                me: ticket,
+                armed: true,
+            };
+            let results = run(&reqs);
+            guard.armed = false;
+            let tickets = std::mem::take(&mut guard.tickets);
+            drop(guard);
+            let mut wake = Vec::with_capacity(tickets.len() + 1);
+            let mut mine = None;
+            q = self.lock();
+            let mut results = results.into_iter();
+            for ((t, th), req) in tickets.into_iter().zip(reqs) {
+                let r = results.next().unwrap_or_else(|| {
+                    Err(Error::Invalid(
+                        "commit group returned fewer results than requests (a bug): reopen the store"
+                            .into(),
+                    ))
+                });
+                if t == ticket {
+                    mine = Some((r, req));
+                } else {
+                    q.done.insert(t, (r, req));
+                    wake.push(th);
+                }
+            }
+            Self::pass_on(&mut q, &mut wake, Some(ticket));
+            drop(q);
+            for th in wake {
+                th.unpark();
+            }
+            if let Some(d) = mine {
+                return d;
+            }
+            // Our request did not fit in that group; we lead the next one (pass_on chose the
+            // oldest queued request, which is ours) or wait for it.
+            q = self.lock();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn req(n: usize) -> Request {
+        Request {
+            meta: Vec::new(),
+            snap: 1,
+            blocks: (0..n as u32).collect(),
+            crcs: vec![0; n],
+            at: (0..n).collect(),
+            data: Scratch::take(0),
+        }
+    }
+
+    #[test]
+    fn every_request_is_committed_once_groups_are_serialized_and_capped() {
+        let c = Arc::new(Committer::new(8));
+        let running = Arc::new(AtomicUsize::new(0));
+        let committed = Arc::new(AtomicUsize::new(0));
+        let groups = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..16)
+            .map(|t| {
+                let (c, running, committed, groups) = (
+                    c.clone(),
+                    running.clone(),
+                    committed.clone(),
+                    groups.clone(),
+                );
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let n = 1 + (t + i) % 5;
+                        let (r, back) = c.commit(req(n), |batch| {
+                            assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "overlap");
+                            let total: usize = batch.iter().map(|r| r.blocks.len()).sum();
+                            assert!(batch.len() == 1 || total <= 8, "group of {total} blocks");
+                            committed.fetch_add(batch.len(), Ordering::SeqCst);
+                            groups.fetch_add(1, Ordering::SeqCst);
+                            std::thread::yield_now();
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            batch.iter().map(|_| Ok(())).collect()
+                        });
+                        r.unwrap();
+                        // The caller gets its own request back.
+                        assert_eq!(back.blocks.len(), n);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(committed.load(Ordering::SeqCst), 16 * 200);
+        assert!(groups.load(Ordering::SeqCst) <= 16 * 200);
+    }
+
+    #[test]
+    fn a_failed_group_fails_only_its_own_requests() {
+        let c = Committer::new(4);
+        let (r, _) = c.commit(req(1), |batch| {
+            batch
+                .iter()
+                .map(|_| Err(Error::Invalid("boom".into())))
+                .collect()
+        });
+        assert!(r.unwrap_err().to_string().contains("boom"));
+        let (r, _) = c.commit(req(1), |batch| batch.iter().map(|_| Ok(())).collect());
+        assert!(r.is_ok());
+    }
+
+    #[test]
+    fn a_panicking_leader_releases_the_others() {
+        let c = Arc::new(Committer::new(4));
+        let c2 = c.clone();
+        let h = std::thread::spawn(move || {
+            let _ = c2.commit(req(1), |_| panic!("leader dies"));
+        });
+        assert!(h.join().is_err());
+        // Leadership was given up: a later commit runs.
+        let (r, _) = c.commit(req(1), |batch| batch.iter().map(|_| Ok(())).collect());
+        assert!(r.is_ok());
     }
 }

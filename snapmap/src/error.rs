@@ -89,6 +89,16 @@ pub enum Error {
         /// Device size in bytes.
         size: u64,
     },
+    /// Another process (or another open in this one) already has the file.
+    #[error("{what} {path} is in use by {holder}: stop that first — `snapblk list` shows running devices, and a running device's own commands (`snapblk snapshot`, `snapblk restore --dev`) work while it runs")]
+    InUse {
+        /// "store" or "backing".
+        what: &'static str,
+        /// The file's path.
+        path: String,
+        /// Who holds it, as well as can be told ("pid 123 (snapblk)", or a description).
+        holder: String,
+    },
     /// A caller passed something unusable.
     #[error("{0}")]
     Invalid(String),
@@ -113,6 +123,7 @@ impl Error {
         match self {
             Error::StoreFull { .. } => libc::ENOSPC,
             Error::OutOfRange { .. } | Error::Invalid(_) | Error::InvalidName(_) => libc::EINVAL,
+            Error::InUse { .. } => libc::EBUSY,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             _ => libc::EIO,
         }

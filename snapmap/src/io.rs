@@ -6,6 +6,7 @@ use std::alloc::{self, Layout};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::{Deref, DerefMut};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -206,6 +207,64 @@ impl FileDev {
             ));
         }
         self.file.set_len(len)
+    }
+
+    /// Takes an advisory `flock` on the file (shared when `exclusive` is false) without
+    /// waiting. Returns false when another open file description holds a conflicting lock —
+    /// another process, or another open in this one. The lock lives as long as this `FileDev`.
+    pub fn try_lock(&self, exclusive: bool) -> io::Result<bool> {
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        loop {
+            // SAFETY: flock on a descriptor we own; no pointers involved.
+            let r = unsafe { libc::flock(self.file.as_raw_fd(), op | libc::LOCK_NB) };
+            if r == 0 {
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => return Ok(false),
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Processes holding a `flock` on this file, as "pid N (command)", from `/proc/locks`
+    /// (empty when that cannot be read). For error messages: who is in the way.
+    pub fn lock_holders(&self) -> Vec<String> {
+        let Ok(md) = self.file.metadata() else {
+            return Vec::new();
+        };
+        let dev = md.dev();
+        let key = format!(
+            "{:02x}:{:02x}:{}",
+            libc::major(dev),
+            libc::minor(dev),
+            md.ino()
+        );
+        let me = std::process::id().to_string();
+        let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = locks
+            .lines()
+            .filter_map(|l| {
+                // "1: FLOCK  ADVISORY  WRITE 28889 fe:00:10068248 0 EOF"
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 5 && f[1] == "FLOCK" && f[5] == key && f[4] != me).then(|| {
+                    let comm = std::fs::read_to_string(format!("/proc/{}/comm", f[4]))
+                        .map(|c| c.trim().to_string())
+                        .unwrap_or_default();
+                    format!("pid {} ({comm})", f[4])
+                })
+            })
+            .collect();
+        out.dedup();
+        out
     }
 
     /// The underlying file.

@@ -25,6 +25,7 @@ pub mod format;
 pub mod index;
 pub mod io;
 pub mod locks;
+mod scratch;
 pub mod store;
 
 pub use engine::{

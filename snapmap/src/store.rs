@@ -599,7 +599,8 @@ impl Store {
     ) -> Result<()> {
         let bs = self.sb.block_size as usize;
         let mut items: Vec<(u64, usize)> = Vec::with_capacity(blocks.len() + data.len());
-        let mut encoded = AlignedBuf::zeroed(bs * blocks.len());
+        // Pooled: both buffers are fully overwritten below (encode_into zero-fills its block).
+        let mut encoded = crate::scratch::Scratch::take(bs * blocks.len());
         for (i, (slot, jb)) in blocks.iter().enumerate() {
             jb.encode_into(&self.sb.uuid, &mut encoded[i * bs..(i + 1) * bs])
                 .map_err(|e| Error::Invalid(format!("journal block: {e}")))?;
@@ -629,7 +630,7 @@ impl Store {
                     .write_at(s, off)
                     .map_err(|e| self.io_err("append", e))?;
             } else {
-                let mut run = AlignedBuf::zeroed((j - i) * bs);
+                let mut run = crate::scratch::Scratch::take((j - i) * bs);
                 for (k, it) in items[i..j].iter().enumerate() {
                     run[k * bs..(k + 1) * bs].copy_from_slice(src(it.1));
                 }

@@ -281,6 +281,75 @@ fn a_store_is_refused_for_another_backing_file_and_left_untouched() {
 }
 
 #[test]
+fn a_store_open_for_writing_is_refused_to_everyone_else_until_it_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.img");
+    let store = dir.path().join("a.store");
+    let wait = std::time::Duration::from_millis(100);
+    let rw = OpenOptions {
+        size: Some(1 << 20),
+        lock_wait: wait,
+        ..OpenOptions::default()
+    };
+    let ro = OpenOptions {
+        read_only: true,
+        lock_wait: wait,
+        ..OpenOptions::default()
+    };
+    let e = Engine::open_files(&a, &store, &rw).unwrap();
+    e.write(0, &block(7)).unwrap();
+    for opts in [&rw, &ro] {
+        let err = Engine::open_files(&a, &store, opts)
+            .err()
+            .expect("second open of a store in use");
+        assert!(
+            matches!(
+                err,
+                Error::InUse {
+                    what: "backing",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("a.img"), "{err}");
+        assert_eq!(err.errno(), libc_ebusy());
+    }
+    // Another backing file cannot reach a store in use either: the store's own lock says so.
+    let b = dir.path().join("b.img");
+    std::fs::write(&b, vec![0u8; 1 << 20]).unwrap();
+    let err = Engine::open_files(&b, &store, &rw).err().unwrap();
+    assert!(matches!(err, Error::InUse { what: "store", .. }), "{err}");
+    e.close().unwrap();
+    // Readers share; a writer waits for them to go.
+    let r1 = Engine::open_files(&a, &store, &ro).unwrap();
+    let r2 = Engine::open_files(&a, &store, &ro).unwrap();
+    let mut buf = block(0);
+    r2.read(0, &mut buf).unwrap();
+    assert_eq!(buf, block(7));
+    assert!(matches!(
+        Engine::open_files(&a, &store, &rw).err().unwrap(),
+        Error::InUse { .. }
+    ));
+    drop(r1);
+    // A holder that lets go within the wait is waited for, not reported.
+    let slow = OpenOptions {
+        lock_wait: std::time::Duration::from_secs(5),
+        ..rw.clone()
+    };
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(r2);
+    });
+    Engine::open_files(&a, &store, &slow).unwrap();
+    t.join().unwrap();
+}
+
+fn libc_ebusy() -> i32 {
+    16
+}
+
+#[test]
 fn a_missing_backing_file_without_size_is_a_clear_error_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("nope.img");
