@@ -73,6 +73,9 @@ where
     device::check_root("serving a ublk device")?;
     device::check_kernel()?;
     enter_private_mount_namespace()?;
+    // After the namespace (unshare needs CAP_SYS_ADMIN, which stays anyway) and before
+    // the first thread: capabilities are per thread and inherited at creation.
+    crate::privilege::drop_privileges()?;
     let signals = shutdown_signals();
     // Block shutdown signals in every thread; one thread takes them with sigwait.
     // SAFETY: sets this thread's mask; threads spawned later inherit it.

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod device;
 mod error;
 pub mod io_op;
+pub mod privilege;
 pub mod queue;
 pub mod rundir;
 pub mod ship;

@@ -63,6 +63,36 @@ step "a second device over the same backing file is refused" other_backing
 step "status --json is valid JSON with the engine's snapshots" \
     bash -c "'$S' status -n $ID --json | grep -q '\"name\": \"s1\"'"
 
+# Every thread of the daemon keeps only CAP_SYS_ADMIN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+# and CAP_IPC_LOCK (bits 21, 1, 2, 14 = 0x204006), in every set, with no_new_privs.
+capabilities() {
+    local pid task st bad=0
+    pid=$(cat /run/snapblk/$ID/pid) || return 1
+    for task in /proc/$pid/task/*; do
+        st=$(cat "$task/status") || return 1
+        for set in CapEff CapPrm CapBnd; do
+            grep -q "^$set:[[:space:]]*0000000000204006$" <<<"$st" ||
+                { echo "$task: $(grep "^$set:" <<<"$st")"; bad=1; }
+        done
+        for set in CapInh CapAmb; do
+            grep -q "^$set:[[:space:]]*0000000000000000$" <<<"$st" ||
+                { echo "$task: $(grep "^$set:" <<<"$st")"; bad=1; }
+        done
+        grep -q "^NoNewPrivs:[[:space:]]*1$" <<<"$st" || { echo "$task: no_new_privs not set"; bad=1; }
+    done
+    echo "checked $(ls /proc/$pid/task | wc -l) threads"
+    return $bad
+}
+step "the daemon dropped every capability it does not need, in every thread" capabilities
+# Hard links are paths the CLI cannot match to the running device (not even canonicalized);
+# the lock the daemon holds on the files still refuses them, naming the daemon.
+locked_store() {
+    ln -f "$img" "$VM_SCRATCH/alias.img" && ln -f "$store" "$VM_SCRATCH/alias.store" &&
+        fails_with "is in use by pid" "$S" snapshot create sneaky \
+            --backing "$VM_SCRATCH/alias.img" --store "$VM_SCRATCH/alias.store"
+}
+step "an offline command on the files of a running device is refused by the store lock" locked_store
+
 sigterm() {
     local pid
     pid=$(cat /run/snapblk/$ID/pid) || return 1
