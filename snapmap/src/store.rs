@@ -252,7 +252,14 @@ impl Store {
                         // A new epoch before any new journal write: journal blocks left from a
                         // dropped tail carry an older epoch and can never be mistaken for
                         // successors of new ones. This write also rewrites a damaged copy.
-                        store.sb.epoch = store.sb.epoch.max(max_epoch) + 1;
+                        // Counters at their maximum cannot come from use (2^64 opens);
+                        // wrapping would break the epoch order, so such a store is refused.
+                        store.sb.epoch = store
+                            .sb
+                            .epoch
+                            .max(max_epoch)
+                            .checked_add(1)
+                            .ok_or_else(|| store.corrupt("journal epoch at its maximum"))?;
                         store.write_superblock()?;
                     }
                     ix.alloc.mark_used(pos.slot);
@@ -559,7 +566,11 @@ impl Store {
             )));
         }
         let mut next = self.sb.clone();
-        next.generation += 1;
+        // A wrapped generation would make this copy look older than the stale one.
+        next.generation = next
+            .generation
+            .checked_add(1)
+            .ok_or_else(|| self.corrupt("superblock generation at its maximum"))?;
         let copy = next.generation % 2;
         let mut b = AlignedBuf::zeroed(self.sb.block_size as usize);
         b[..4096].copy_from_slice(&next.encode());

@@ -85,9 +85,16 @@ fn openers(dev: &Path) -> Vec<String> {
     out
 }
 
-/// Claims `/dev/<dev_name>` for rewriting, or explains who uses it and how
-/// to stop them. `action` names what is being refused ("restore").
-pub fn claim(dev_name: &str, action: &str) -> Result<ExclusiveOpen, Error> {
+/// Refuses `action` while `/dev/<dev_name>` is mounted in the host's mount
+/// namespace, held by another device, or open by another process, naming
+/// them and the fix.
+///
+/// Run this in the CLI (full root), not only in the daemon: seeing other
+/// processes' open files and pid 1's mounts takes ptrace access, which the
+/// daemon gave up with `CAP_SYS_PTRACE` (see `privilege.rs`). There it finds
+/// nothing, and the daemon's exclusive open in [`claim`] still catches
+/// mounts and exclusive holders.
+pub fn check_users(dev_name: &str, action: &str) -> Result<(), Error> {
     let dev = Path::new("/dev").join(dev_name);
     let host_mounts = major_minor(dev_name)
         .map(|mm| {
@@ -112,6 +119,22 @@ pub fn claim(dev_name: &str, action: &str) -> Result<ExclusiveOpen, Error> {
             held.join(", ")
         )));
     }
+    let others = openers(&dev);
+    if !others.is_empty() {
+        return Err(Error::Busy(format!(
+            "refusing {action}: {} is open by pid {}; close it first",
+            dev.display(),
+            others.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Claims `/dev/<dev_name>` for rewriting, or explains who uses it and how
+/// to stop them. `action` names what is being refused ("restore").
+pub fn claim(dev_name: &str, action: &str) -> Result<ExclusiveOpen, Error> {
+    check_users(dev_name, action)?;
+    let dev = Path::new("/dev").join(dev_name);
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)

@@ -66,3 +66,26 @@ pub fn drop_privileges() -> Result<(), Error> {
     );
     Ok(())
 }
+
+/// Limits this process's permitted and effective capabilities to [`KEPT`]
+/// (what the daemon holds). A client calls this before asking the daemon to
+/// act in its view of the filesystem: the daemon reaches that view through
+/// `/proc/<client pid>/root`, which the kernel only allows when the client
+/// holds no capability the daemon lacks (the daemon has no `CAP_SYS_PTRACE`).
+/// It also means the daemon never acts for a client with more power than the
+/// client itself has. Does nothing for a process without capabilities.
+pub fn limit_to_daemon() -> Result<(), Error> {
+    let keep: CapsHashSet = KEPT.iter().map(|(c, _)| *c).collect();
+    let fail = |what: &'static str| {
+        move |e: caps::errors::CapsError| Error::io(what)(std::io::Error::other(e.to_string()))
+    };
+    let have =
+        caps::read(None, CapSet::Permitted).map_err(fail("read the permitted capabilities"))?;
+    let kept: CapsHashSet = have.intersection(&keep).copied().collect();
+    if kept == have {
+        return Ok(());
+    }
+    caps::set(None, CapSet::Effective, &kept).map_err(fail("set the effective capabilities"))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(fail("set the permitted capabilities"))?;
+    Ok(())
+}

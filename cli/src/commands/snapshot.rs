@@ -63,6 +63,11 @@ pub fn snapshot(cmd: SnapshotCommand) -> Result<()> {
 /// `restore`.
 pub fn restore(a: RestoreArgs) -> Result<()> {
     let s = Session::open(&a.target, Access::ReadWrite)?;
+    if let Some(id) = s.id() {
+        // The daemon cannot see other processes' open files (it dropped ptrace
+        // access); this process can, so it refuses a busy device first.
+        ublk_target::busy::check_users(&format!("ublkb{id}"), "restore")?;
+    }
     tracing::info!(snapshot = %a.name, "restore: writing the snapshot's blocks back");
     let bar = Progress::new(&format!("restore {}", a.name), Unit::Blocks);
     let res = s.request(
@@ -122,6 +127,11 @@ pub fn export(a: ExportArgs) -> Result<()> {
         );
     }
     let s = Session::open(&a.target, Access::ReadOnly)?;
+    if s.id().is_some() {
+        // The daemon writes the image at `to` as seen from this process, through
+        // /proc/<pid>/root; the kernel allows that only if we hold nothing it lacks.
+        ublk_target::privilege::limit_to_daemon()?;
+    }
     tracing::info!(snapshot = %a.name, to = %to.display(), "export: writing the snapshot image");
     let bar = Progress::new(&format!("export {}", a.name), Unit::Bytes);
     let res = s.request(
