@@ -306,6 +306,10 @@ impl Index {
                         "snapshot {id} ({name:?}) created twice"
                     )));
                 }
+                // Ids count up from 0 one at a time; the last one cannot come from use.
+                let next_id = id
+                    .checked_add(1)
+                    .ok_or_else(|| ApplyError(format!("snapshot id {id} out of range")))?;
                 self.snaps.push(Snapshot {
                     id: *id,
                     name: name.clone(),
@@ -313,7 +317,7 @@ impl Index {
                     internal: *internal,
                     delta: Delta::default(),
                 });
-                self.next_id = id + 1;
+                self.next_id = next_id;
             }
             Entry::SnapshotDeleted { id } => {
                 let pos = self
