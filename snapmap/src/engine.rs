@@ -24,6 +24,8 @@ use crate::store::{JournalPos, Recovery, Store};
 /// Largest run of blocks one write step locks and processes at once.
 const MAX_RUN: u64 = 256;
 
+pub mod direct;
+
 /// Block-lock stripes. Block `b` maps to stripe `b mod LOCK_STRIPES`, so two runs of `MAX_RUN`
 /// blocks at unrelated places share stripes (and wait for each other) when their starts are
 /// equal modulo this: with 4096 stripes a restore's 1 MiB runs fell into only 16 classes and
@@ -1392,6 +1394,14 @@ impl Engine {
             let ix = read_lock(&self.index);
             if ix.pos_by_name(name).is_some() {
                 return Err(Error::SnapshotExists(name.to_string()));
+            }
+            if ix.next_id == u64::MAX {
+                // Only a damaged or crafted checkpoint gets here; journaling this id would
+                // make the store fail its own replay.
+                return Err(Error::Corrupt {
+                    store: self.store_dev.name(),
+                    detail: "the next snapshot id is out of range".to_string(),
+                });
             }
             ix.next_id
         };

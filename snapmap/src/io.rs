@@ -68,6 +68,11 @@ pub trait BlockDev: Send + Sync {
     }
     /// A name for error messages.
     fn name(&self) -> String;
+    /// The file descriptor behind this device, for callers that issue their own I/O on it
+    /// (e.g. io_uring); `None` when there is none.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
     /// Makes the device at least `len` bytes long, reserving the space where it can, so that
     /// running out of room shows up here rather than in a later write.
     fn grow_to(&self, len: u64) -> io::Result<()> {
@@ -291,6 +296,10 @@ impl FileDev {
 }
 
 impl BlockDev for FileDev {
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(&self.file))
+    }
+
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         if self.direct && !is_aligned(buf, off) {
             // O_DIRECT wants sector-aligned offsets, lengths and memory: read the covering

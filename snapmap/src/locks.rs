@@ -24,6 +24,32 @@ impl BlockLocks {
         }
     }
 
+    /// Locks every block in `start..start + count` if no stripe is held right now; never waits
+    /// (for callers that must not block, such as an io_uring queue thread).
+    pub fn try_lock(&self, start: u64, count: u64) -> Option<RangeGuard<'_>> {
+        let mut guards = Vec::new();
+        for i in self.stripe_indices(start, count) {
+            match self.stripes[i].try_lock() {
+                Ok(g) => guards.push(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => guards.push(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => return None,
+            }
+        }
+        Some(RangeGuard { _guards: guards })
+    }
+
+    fn stripe_indices(&self, start: u64, count: u64) -> Vec<usize> {
+        let n = self.stripes.len() as u64;
+        if count >= n {
+            (0..n as usize).collect()
+        } else {
+            let mut v: Vec<usize> = (start..start + count).map(|b| (b % n) as usize).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        }
+    }
+
     /// Locks every block in `start..start + count`.
     pub fn lock(&self, start: u64, count: u64) -> RangeGuard<'_> {
         let n = self.stripes.len() as u64;

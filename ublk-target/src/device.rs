@@ -3,7 +3,7 @@
 //! block layer are decided here, in [`params`].
 
 use crate::io_op::IoBackend;
-use crate::queue::serve_queue;
+use crate::queue::{serve_queue, QueueCtx, ORIGIN_FIXED_FD};
 use crate::worker::WorkerPool;
 use crate::{io_op::IoStats, DeviceSpec, Error};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 
 /// The kernel's ublk control node.
 pub const CONTROL_NODE: &str = "/dev/ublk-control";
+
+/// Set (to anything) in the daemon's environment to send every request
+/// through the engine worker pool, never issuing origin I/O on the queue
+/// threads (for diagnosis and A/B measurements).
+pub const NO_DIRECT_ENV: &str = "SNAPBLK_NO_DIRECT_IO";
 
 /// Largest discard / write-zeroes request, in bytes. Bounded because with
 /// snapshots a discard preserves every block it covers, like a write.
@@ -189,20 +194,50 @@ where
         "ublk device ready for queues"
     );
 
-    let pool = WorkerPool::start(spec.effective_workers(), backend, stats)
+    let pool = WorkerPool::start(spec.effective_workers(), backend.clone(), stats.clone())
         .map_err(Error::io("start engine worker threads"))?;
-    let handle = pool.handle();
+    // Plain reads and writes go to the origin on the queue's own ring unless
+    // the backend has no file (tests) or the operator turned it off.
+    let origin_fd = match std::env::var_os(NO_DIRECT_ENV) {
+        Some(_) => None,
+        None => backend.origin_fd(),
+    };
+    tracing::info!(direct = origin_fd.is_some(), "queue-thread origin I/O");
+    let ctx = QueueCtx {
+        pool: pool.handle(),
+        backend,
+        stats,
+        dev_size: size,
+        direct: false,
+    };
     let io_buf_bytes = info.max_io_buf_bytes;
+    let direct = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let direct_set = direct.clone();
     let tgt_init = move |dev: &mut UblkDev| {
         dev.tgt.dev_size = size;
         dev.tgt.params = params(size, block_size, io_buf_bytes);
-        // Each tag can have its ublk command and its eventfd read in flight.
-        let ring = dev.dev_info.queue_depth.saturating_mul(2);
+        if let Some(fd) = origin_fd {
+            let n = dev.tgt.nr_fds;
+            // libublk registers fds[0] (the char device) and these with each
+            // queue's ring; the origin must land at ORIGIN_FIXED_FD.
+            if n as u32 == ORIGIN_FIXED_FD {
+                dev.tgt.fds[n as usize] = fd;
+                dev.tgt.nr_fds = n + 1;
+                direct_set.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        // Each tag can have its ublk command and one origin I/O in flight,
+        // plus the queue's one completion eventfd read.
+        let ring = dev.dev_info.queue_depth.saturating_mul(2).saturating_add(1);
         dev.tgt.sq_depth = ring;
         dev.tgt.cq_depth = ring;
         Ok(())
     };
-    let q_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, handle.clone(), size);
+    let q_fn = move |qid: u16, dev: &UblkDev| {
+        let mut ctx = ctx.clone();
+        ctx.direct = direct.load(std::sync::atomic::Ordering::SeqCst);
+        serve_queue(qid, dev, ctx)
+    };
     let ready = move |_: &UblkCtrl| {
         wait_for_path(&bdev_path(id), Duration::from_secs(10));
         on_ready(id);

@@ -6,6 +6,7 @@
 
 use libublk::sys;
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The engine surface the I/O path needs. Implemented by [`snapmap::Engine`];
@@ -21,7 +22,27 @@ pub trait IoBackend: Send + Sync {
     fn discard(&self, off: u64, len: u64) -> io::Result<()>;
     /// Writes `len` zero bytes at `off`.
     fn write_zeroes(&self, off: u64, len: u64) -> io::Result<()>;
+    /// The origin's file descriptor, when reads of the live image and
+    /// admitted plain writes may be issued on it directly (io_uring on the
+    /// queue thread). `None` sends everything through the worker pool.
+    fn origin_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Records what a direct read of `buf.len()` bytes at `off` returned.
+    fn note_read(&self, _off: u64, _buf: &[u8]) {}
+    /// Admits `buf` at `off` as a plain origin write the caller issues itself
+    /// on [`IoBackend::origin_fd`], without ever blocking; the returned
+    /// closure must be called with the write's outcome (`true`: every byte
+    /// written). `None`: run [`IoBackend::write`] instead.
+    fn try_direct_write<'a>(&'a self, _off: u64, _buf: &[u8]) -> Option<DirectDone<'a>> {
+        None
+    }
 }
+
+/// Finishes an admitted direct write with its outcome (see
+/// [`IoBackend::try_direct_write`]); holds the engine's locks until called
+/// or dropped (a drop counts as a failed write).
+pub type DirectDone<'a> = Box<dyn FnOnce(bool) + 'a>;
 
 /// Keeps the engine's errno (ENOSPC for a full store, EINVAL, EIO) and logs
 /// its message, which names the object and the fix.
@@ -46,6 +67,16 @@ impl IoBackend for snapmap::Engine {
     fn write_zeroes(&self, off: u64, len: u64) -> io::Result<()> {
         snapmap::Engine::write_zeroes(self, off, len)
             .map_err(|e| engine_err("write_zeroes", off, e))
+    }
+    fn origin_fd(&self) -> Option<RawFd> {
+        snapmap::Engine::origin_fd(self)
+    }
+    fn note_read(&self, off: u64, buf: &[u8]) {
+        snapmap::Engine::note_read(self, off, buf)
+    }
+    fn try_direct_write<'a>(&'a self, off: u64, buf: &[u8]) -> Option<DirectDone<'a>> {
+        let w = snapmap::Engine::try_direct_write(self, off, buf)?;
+        Some(Box::new(move |ok| w.finish(ok)))
     }
 }
 
@@ -151,6 +182,10 @@ pub struct IoStats {
     pub bytes_written: AtomicU64,
     /// Requests completed with an error.
     pub errors: AtomicU64,
+    /// Reads served on the queue thread's ring (included in `reads`).
+    pub direct_reads: AtomicU64,
+    /// Writes served on the queue thread's ring (included in `writes`).
+    pub direct_writes: AtomicU64,
 }
 
 /// A point-in-time copy of [`IoStats`].
@@ -172,6 +207,12 @@ pub struct IoCounters {
     pub bytes_written: u64,
     /// Requests completed with an error.
     pub errors: u64,
+    /// Reads served on the queue thread's ring (included in `reads`).
+    #[serde(default)]
+    pub direct_reads: u64,
+    /// Writes served on the queue thread's ring (included in `writes`).
+    #[serde(default)]
+    pub direct_writes: u64,
 }
 
 impl IoStats {
@@ -187,6 +228,8 @@ impl IoStats {
             bytes_read: l(&self.bytes_read),
             bytes_written: l(&self.bytes_written),
             errors: l(&self.errors),
+            direct_reads: l(&self.direct_reads),
+            direct_writes: l(&self.direct_writes),
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! One daemon per device serves `/dev/ublkbN` from a [`snapmap::Engine`]:
 //! - [`device`]: add / recover / stop / delete through libublk's control device;
-//! - [`queue`] and [`worker`]: per-queue io_uring loops that hand every block
-//!   request to a pool of engine threads and complete it back on the queue;
+//! - [`queue`] and [`worker`]: per-queue io_uring loops that serve plain
+//!   origin reads and writes on the queue's own ring and hand every other
+//!   block request to a pool of engine threads, completing it back on the
+//!   queue;
 //! - [`io_op`]: how a ublk operation maps to an engine call;
 //! - [`control`]: the per-device control socket (JSON lines) and its client;
 //! - [`daemon`]: the process that ties the above together, with [`rundir`]

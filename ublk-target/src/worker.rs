@@ -1,67 +1,89 @@
-//! The engine worker pool.
+//! The engine worker pool, and how its results get back to a queue thread.
 //!
 //! The engine blocks (pread/pwrite, group commit waiting for fdatasync), so
-//! requests never run on a queue thread: the queue hands a [`Job`] to this
-//! pool and awaits the tag's eventfd in its io_uring; a worker runs the
-//! engine call on the tag's buffer, stores the result and signals the
-//! eventfd. Every tag of every queue can be in flight at once.
+//! requests that need it never run on a queue thread: the queue hands
+//! [`Job`]s to this pool, a worker runs the engine call on the tag's buffer
+//! and pushes `(tag, result)` onto the queue's [`Completions`]. Wake-ups are
+//! batched both ways, because under emulation (and on busy hosts) every
+//! cross-thread wake-up costs more than the I/O itself:
+//! - the queue submits all jobs of one event-loop turn under one lock and
+//!   wakes only as many idle workers as there are new jobs; a worker that
+//!   finishes a job takes the next queued one without sleeping;
+//! - a worker signals the queue's single eventfd only when the completion
+//!   list was empty, so completions that pile up while the queue thread is
+//!   busy cost one wake-up, not one each.
 
 use crate::io_op::{execute, IoBackend, IoRequest, IoStats};
 use libublk::helpers::IoBuf;
 use std::cell::UnsafeCell;
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// Result value meaning "the worker has not finished yet".
-const PENDING: i32 = i32::MIN;
-
-/// Per-tag state shared between a queue thread and the workers.
+/// A tag's data buffer, shared between a queue thread and the workers.
 ///
-/// Ownership of `buf` alternates and never overlaps: the kernel fills or
-/// drains it while the tag's ublk command is outstanding, the queue thread
-/// hands it to exactly one worker per request and touches it again only
-/// after that worker's eventfd signal. `Arc` keeps it alive for the worker
+/// Ownership alternates and never overlaps: the kernel fills or drains it
+/// while the tag's ublk command is outstanding, the queue thread hands it to
+/// exactly one worker per request and touches it again only after that
+/// worker's completion was delivered. `Arc` keeps it alive for the worker
 /// even if the queue task were torn down first.
 pub struct TagSlot {
     buf: IoBuf<u8>,
-    efd: OwnedFd,
-    result: AtomicI32,
-    /// Landing place for the io_uring read of `efd`; lives as long as the slot.
-    efd_val: UnsafeCell<u64>,
 }
 
-// SAFETY: see the ownership protocol above; `buf` and `efd_val` are only
-// accessed by one party at a time, handed over through the job channel and
-// the eventfd (both of which order memory).
+// SAFETY: see the ownership protocol above; `buf` is only accessed by one
+// party at a time, handed over through the job queue and the completion
+// list (both mutex-protected, which orders memory).
 unsafe impl Send for TagSlot {}
 unsafe impl Sync for TagSlot {}
 
 impl TagSlot {
-    /// Allocates a page-aligned buffer of `bytes` and a blocking eventfd.
-    pub fn new(bytes: usize) -> std::io::Result<TagSlot> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(TagSlot {
+    /// Allocates a page-aligned buffer of `bytes`.
+    pub fn new(bytes: usize) -> TagSlot {
+        TagSlot {
             buf: IoBuf::<u8>::new(bytes),
-            // SAFETY: fd was just created and is owned by nobody else.
-            efd: unsafe { OwnedFd::from_raw_fd(fd) },
-            result: AtomicI32::new(PENDING),
-            efd_val: UnsafeCell::new(0),
-        })
+        }
     }
 
     /// The tag's data buffer, as registered with the driver.
     pub fn buf(&self) -> &IoBuf<u8> {
         &self.buf
     }
+}
 
-    /// Raw eventfd that a worker signals on completion.
+/// Finished jobs of one queue, waiting for its thread: a list plus one
+/// eventfd that the queue's io_uring reads.
+pub struct Completions {
+    done: Mutex<Vec<(u16, i32)>>,
+    efd: OwnedFd,
+    /// Landing place for the io_uring read of `efd`; only the queue thread
+    /// (through its ring) writes it.
+    efd_val: UnsafeCell<u64>,
+}
+
+// SAFETY: `efd_val` is only written by the queue thread's ring and never read
+// by anyone; everything else is a mutex or an fd.
+unsafe impl Send for Completions {}
+unsafe impl Sync for Completions {}
+
+impl Completions {
+    /// A new, empty list with a blocking eventfd.
+    pub fn new() -> std::io::Result<Completions> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Completions {
+            done: Mutex::new(Vec::new()),
+            // SAFETY: fd was just created and is owned by nobody else.
+            efd: unsafe { OwnedFd::from_raw_fd(fd) },
+            efd_val: UnsafeCell::new(0),
+        })
+    }
+
+    /// Raw eventfd that is signalled when the list becomes non-empty.
     pub fn eventfd(&self) -> i32 {
         self.efd.as_raw_fd()
     }
@@ -71,21 +93,22 @@ impl TagSlot {
         self.efd_val.get() as *mut u8
     }
 
-    /// Marks the slot busy before handing it to a worker.
-    pub fn arm(&self) {
-        self.result.store(PENDING, Ordering::Release);
-    }
-
-    /// The worker's result, or `None` while it is still running.
-    pub fn take_result(&self) -> Option<i32> {
-        match self.result.load(Ordering::Acquire) {
-            PENDING => None,
-            r => Some(r),
+    /// Adds a finished request; signals the eventfd if the queue thread may
+    /// be asleep (the list was empty: every earlier entry has been taken).
+    pub fn push(&self, tag: u16, res: i32) {
+        let was_empty = {
+            let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
+            let e = d.is_empty();
+            d.push((tag, res));
+            e
+        };
+        if was_empty {
+            self.signal();
         }
     }
 
-    fn complete(&self, res: i32) {
-        self.result.store(res, Ordering::Release);
+    /// Wakes the queue thread's eventfd read.
+    pub fn signal(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
         let n =
@@ -94,32 +117,78 @@ impl TagSlot {
             tracing::error!(error = %std::io::Error::last_os_error(), "eventfd signal failed");
         }
     }
+
+    /// Takes every finished request (into `out`, which is cleared first).
+    pub fn take(&self, out: &mut Vec<(u16, i32)>) {
+        out.clear();
+        let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut *d, out);
+    }
 }
 
 /// One request for a worker.
 pub struct Job {
     /// What to do.
     pub req: IoRequest,
-    /// Where the data is and whom to wake.
+    /// Where the data is.
     pub slot: Arc<TagSlot>,
+    /// The tag to complete.
+    pub tag: u16,
+    /// Where to report the result.
+    pub done: Arc<Completions>,
+}
+
+struct PoolState {
+    jobs: VecDeque<Job>,
+    /// Workers waiting on the condvar.
+    idle: usize,
+    /// Notifications sent to idle workers that have not woken yet.
+    signalled: usize,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<PoolState>,
+    cv: Condvar,
 }
 
 /// Cheap handle the queue threads use to submit jobs.
 #[derive(Clone)]
 pub struct PoolHandle {
-    tx: Sender<Job>,
+    shared: Arc<Shared>,
 }
 
 impl PoolHandle {
-    /// Queues a job; fails only when the pool has shut down.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
-        self.tx.send(job).map_err(|e| e.0)
+    /// Queues every job in `jobs` (leaving it empty) and wakes as many idle
+    /// workers as needed. Fails, handing the jobs back, only when the pool
+    /// has shut down.
+    pub fn submit_batch(&self, jobs: &mut Vec<Job>) -> Result<(), Vec<Job>> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let n = jobs.len();
+        let wake = {
+            let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.closed {
+                return Err(std::mem::take(jobs));
+            }
+            s.jobs.extend(jobs.drain(..));
+            let free = s.idle.saturating_sub(s.signalled);
+            let wake = n.min(free);
+            s.signalled += wake;
+            wake
+        };
+        for _ in 0..wake {
+            self.shared.cv.notify_one();
+        }
+        Ok(())
     }
 }
 
-/// The running pool; dropping it (after every [`PoolHandle`]) joins the workers.
+/// The running pool; dropping it (after every queue has stopped) lets the
+/// workers finish what is queued and joins them.
 pub struct WorkerPool {
-    handle: Option<PoolHandle>,
+    shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -130,39 +199,49 @@ impl WorkerPool {
         backend: Arc<dyn IoBackend>,
         stats: Arc<IoStats>,
     ) -> std::io::Result<WorkerPool> {
-        let (tx, rx) = channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        let mut threads = Vec::with_capacity(n);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(PoolState {
+                jobs: VecDeque::new(),
+                idle: 0,
+                signalled: 0,
+                closed: false,
+            }),
+            cv: Condvar::new(),
+        });
+        let mut pool = WorkerPool {
+            shared: shared.clone(),
+            threads: Vec::with_capacity(n.max(1)),
+        };
         for i in 0..n.max(1) {
-            let rx = rx.clone();
+            let shared = shared.clone();
             let backend = backend.clone();
             let stats = stats.clone();
-            threads.push(
+            // On error `pool` drops here, which stops the workers already started.
+            pool.threads.push(
                 std::thread::Builder::new()
                     .name(format!("snapblk-io-{i}"))
-                    .spawn(move || worker_loop(&rx, &*backend, &stats))?,
+                    .spawn(move || worker_loop(&shared, &*backend, &stats))?,
             );
         }
-        Ok(WorkerPool {
-            handle: Some(PoolHandle { tx }),
-            threads,
-        })
+        Ok(pool)
     }
 
     /// A submit handle for a queue thread.
     pub fn handle(&self) -> PoolHandle {
-        match &self.handle {
-            Some(h) => h.clone(),
-            // The handle is only taken in drop.
-            None => unreachable!("pool handle used after shutdown"),
+        PoolHandle {
+            shared: self.shared.clone(),
         }
     }
 }
 
 impl Drop for WorkerPool {
     fn drop(&mut self) {
-        // Workers exit once every sender is gone and the channel is drained.
-        self.handle.take();
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed = true;
+        self.shared.cv.notify_all();
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("an engine worker panicked");
@@ -171,19 +250,30 @@ impl Drop for WorkerPool {
     }
 }
 
-fn worker_loop(rx: &Mutex<Receiver<Job>>, backend: &dyn IoBackend, stats: &IoStats) {
+fn worker_loop(shared: &Shared, backend: &dyn IoBackend, stats: &IoStats) {
     loop {
         let job = {
-            let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-            guard.recv()
+            let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(j) = s.jobs.pop_front() {
+                    break j;
+                }
+                if s.closed {
+                    return;
+                }
+                s.idle += 1;
+                s = shared.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                s.idle -= 1;
+                s.signalled = s.signalled.saturating_sub(1);
+            }
         };
-        let Ok(job) = job else { return };
         let buf_len = job.slot.buf.len();
-        // SAFETY: the slot's buffer belongs to this worker until complete()
-        // (see TagSlot); the IoBuf allocation is `buf_len` bytes.
+        // SAFETY: the slot's buffer belongs to this worker until its
+        // completion is pushed (see TagSlot); the IoBuf allocation is
+        // `buf_len` bytes.
         let buf = unsafe { std::slice::from_raw_parts_mut(job.slot.buf.as_mut_ptr(), buf_len) };
         let res = execute(backend, job.req, buf, stats);
-        job.slot.complete(res);
+        job.done.push(job.tag, res);
     }
 }
 
@@ -200,35 +290,42 @@ mod tests {
     }
 
     #[test]
-    fn jobs_run_concurrently_and_signal_their_tag() {
+    fn jobs_run_concurrently_and_complete_their_tags() {
         let disk = Arc::new(MemDisk::new(1 << 20));
         let stats = Arc::new(IoStats::default());
         let pool = WorkerPool::start(4, disk.clone(), stats.clone()).unwrap();
         let h = pool.handle();
-        let slots: Vec<_> = (0..8)
-            .map(|_| Arc::new(TagSlot::new(4096).unwrap()))
-            .collect();
+        let done = Arc::new(Completions::new().unwrap());
+        let slots: Vec<_> = (0..8).map(|_| Arc::new(TagSlot::new(4096))).collect();
+        let mut jobs = Vec::new();
         for (i, s) in slots.iter().enumerate() {
             // SAFETY: test owns the slot until it submits.
             unsafe { std::slice::from_raw_parts_mut(s.buf().as_mut_ptr(), 4096) }.fill(i as u8 + 1);
-            s.arm();
-            assert!(s.take_result().is_none());
-            let req = IoRequest::Write {
-                off: i as u64 * 4096,
-                len: 4096,
-                fua: false,
-            };
-            assert!(h
-                .submit(Job {
-                    req,
-                    slot: s.clone()
-                })
-                .is_ok());
+            jobs.push(Job {
+                req: IoRequest::Write {
+                    off: i as u64 * 4096,
+                    len: 4096,
+                    fua: false,
+                },
+                slot: s.clone(),
+                tag: i as u16,
+                done: done.clone(),
+            });
         }
-        for s in &slots {
-            wait_eventfd(s.eventfd());
-            assert_eq!(s.take_result(), Some(4096));
+        assert!(h.submit_batch(&mut jobs).is_ok());
+        assert!(jobs.is_empty());
+        let mut got = Vec::new();
+        let mut all = Vec::new();
+        for _ in 0..100 {
+            if all.len() == 8 {
+                break;
+            }
+            wait_eventfd(done.eventfd());
+            done.take(&mut got);
+            all.extend_from_slice(&got);
         }
+        all.sort_unstable();
+        assert_eq!(all, (0..8).map(|t| (t, 4096)).collect::<Vec<_>>());
         let d = disk.data.lock().unwrap();
         for i in 0..8 {
             assert!(d[i * 4096..(i + 1) * 4096]
@@ -239,5 +336,23 @@ mod tests {
         drop(h);
         drop(pool);
         assert_eq!(stats.snapshot().writes, 8);
+    }
+
+    #[test]
+    fn submit_after_shutdown_hands_jobs_back() {
+        let disk = Arc::new(MemDisk::new(1 << 16));
+        let stats = Arc::new(IoStats::default());
+        let pool = WorkerPool::start(1, disk, stats).unwrap();
+        let h = pool.handle();
+        drop(pool);
+        let done = Arc::new(Completions::new().unwrap());
+        let mut jobs = vec![Job {
+            req: IoRequest::Flush,
+            slot: Arc::new(TagSlot::new(4096)),
+            tag: 3,
+            done,
+        }];
+        let back = h.submit_batch(&mut jobs).err().map(|j| j.len());
+        assert_eq!(back, Some(1));
     }
 }
