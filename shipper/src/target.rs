@@ -81,47 +81,33 @@ pub trait Target: Send + Sync {
     fn delete(&self, key: &str) -> TargetResult<()>;
 }
 
-impl<T: Target + ?Sized> Target for std::sync::Arc<T> {
-    fn id(&self) -> String {
-        (**self).id()
-    }
-    fn put_new(&self, key: &str, data: &[u8]) -> TargetResult<()> {
-        (**self).put_new(key, data)
-    }
-    fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>> {
-        (**self).get(key, max_len)
-    }
-    fn head(&self, key: &str) -> TargetResult<Option<u64>> {
-        (**self).head(key)
-    }
-    fn list(&self, prefix: &str) -> TargetResult<Vec<String>> {
-        (**self).list(prefix)
-    }
-    fn delete(&self, key: &str) -> TargetResult<()> {
-        (**self).delete(key)
-    }
+/// A shared or boxed target is a target: each call goes to the one inside.
+macro_rules! forward_target {
+    ($($ptr:ident)::+) => {
+        impl<T: Target + ?Sized> Target for $($ptr)::+<T> {
+            fn id(&self) -> String {
+                (**self).id()
+            }
+            fn put_new(&self, key: &str, data: &[u8]) -> TargetResult<()> {
+                (**self).put_new(key, data)
+            }
+            fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>> {
+                (**self).get(key, max_len)
+            }
+            fn head(&self, key: &str) -> TargetResult<Option<u64>> {
+                (**self).head(key)
+            }
+            fn list(&self, prefix: &str) -> TargetResult<Vec<String>> {
+                (**self).list(prefix)
+            }
+            fn delete(&self, key: &str) -> TargetResult<()> {
+                (**self).delete(key)
+            }
+        }
+    };
 }
-
-impl<T: Target + ?Sized> Target for Box<T> {
-    fn id(&self) -> String {
-        (**self).id()
-    }
-    fn put_new(&self, key: &str, data: &[u8]) -> TargetResult<()> {
-        (**self).put_new(key, data)
-    }
-    fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>> {
-        (**self).get(key, max_len)
-    }
-    fn head(&self, key: &str) -> TargetResult<Option<u64>> {
-        (**self).head(key)
-    }
-    fn list(&self, prefix: &str) -> TargetResult<Vec<String>> {
-        (**self).list(prefix)
-    }
-    fn delete(&self, key: &str) -> TargetResult<()> {
-        (**self).delete(key)
-    }
-}
+forward_target!(std::sync::Arc);
+forward_target!(Box);
 
 /// Exponential backoff applied to every target request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -77,8 +77,8 @@ pub(crate) struct Committer {
 struct LeaderGuard<'a> {
     committer: &'a Committer,
     tickets: Vec<(u64, Thread)>,
-    /// The leader's own ticket: its thread is the one unwinding, nobody waits for it.
-    me: u64,
+    /// The leader's own tickets: its thread is the one unwinding, nobody waits for them.
+    me: std::ops::Range<u64>,
     armed: bool,
 }
 
@@ -90,7 +90,7 @@ impl Drop for LeaderGuard<'_> {
         let mut q = self.committer.lock();
         let mut wake = Vec::new();
         for (t, th) in self.tickets.drain(..) {
-            if t == self.me {
+            if self.me.contains(&t) {
                 continue;
             }
             q.done.insert(
@@ -105,7 +105,10 @@ impl Drop for LeaderGuard<'_> {
             );
             wake.push(th);
         }
-        Committer::pass_on(&mut q, &mut wake, None);
+        // The unwinding thread's requests still queued will never be waited for: drop them, so
+        // leadership cannot be handed to a ticket nobody is there to run.
+        q.pending.retain(|w| !self.me.contains(&w.ticket));
+        Committer::pass_on(&mut q, &mut wake, &(0..0));
         drop(q);
         for th in wake {
             th.unpark();
@@ -135,13 +138,13 @@ impl Committer {
     }
 
     /// After a group: hand leadership to the oldest queued request (adding its thread to `wake`
-    /// unless it is `me`, who is running already), or leave no leader.
-    fn pass_on(q: &mut Queue, wake: &mut Vec<Thread>, me: Option<u64>) {
+    /// unless it is one of `me`, whose thread is running already), or leave no leader.
+    fn pass_on(q: &mut Queue, wake: &mut Vec<Thread>, me: &std::ops::Range<u64>) {
         match q.pending.front() {
             Some(w) => {
                 q.leader = true;
                 q.handoff = Some(w.ticket);
-                if Some(w.ticket) != me {
+                if !me.contains(&w.ticket) {
                     wake.push(w.thread.clone());
                 }
             }
@@ -159,26 +162,67 @@ impl Committer {
         req: Request,
         run: impl Fn(&[Request]) -> Vec<Result<()>>,
     ) -> (Result<()>, Request) {
+        let mut out = self.commit_many(vec![req], run);
+        out.pop().unwrap_or_else(|| {
+            (
+                Err(Error::Invalid(
+                    "a commit returned no result (a bug): reopen the store".into(),
+                )),
+                Request::meta(Vec::new()),
+            )
+        })
+    }
+
+    /// Queues every request of `reqs` (they may land in different groups, together with other
+    /// callers' requests) and returns once all are durable or failed: one result per request,
+    /// in order, each with its request handed back. One thread can thus commit for many
+    /// requesters (the ublk queues' copy-on-write preserves) with one wake-up for all of them.
+    pub fn commit_many(
+        &self,
+        reqs: Vec<Request>,
+        run: impl Fn(&[Request]) -> Vec<Result<()>>,
+    ) -> Vec<(Result<()>, Request)> {
+        let count = reqs.len() as u64;
+        if count == 0 {
+            return Vec::new();
+        }
         let mut q = self.lock();
-        let ticket = q.next_ticket;
-        q.next_ticket += 1;
-        q.pending.push_back(Waiting {
-            ticket,
-            req,
-            thread: std::thread::current(),
-        });
+        // Tickets of one call are consecutive: they are all queued under this one lock.
+        let first = q.next_ticket;
+        let mine = first..first + count;
+        q.next_ticket += count;
+        let me = std::thread::current();
+        for (i, req) in reqs.into_iter().enumerate() {
+            q.pending.push_back(Waiting {
+                ticket: first + i as u64,
+                req,
+                thread: me.clone(),
+            });
+        }
+        let mut results: Vec<Option<(Result<()>, Request)>> = (0..count).map(|_| None).collect();
+        let mut left = count;
         loop {
-            if let Some(d) = q.done.remove(&ticket) {
-                return d;
+            for t in mine.clone() {
+                let slot = &mut results[(t - first) as usize];
+                if slot.is_none() {
+                    if let Some(d) = q.done.remove(&t) {
+                        *slot = Some(d);
+                        left -= 1;
+                    }
+                }
+            }
+            if left == 0 {
+                return results.into_iter().flatten().collect();
             }
             let may_lead = if q.leader {
-                q.handoff == Some(ticket)
+                q.handoff.is_some_and(|h| mine.contains(&h))
             } else {
                 true
             };
             if !may_lead {
                 drop(q);
-                // Woken when our group is done or we are to lead; a spurious return just loops.
+                // Woken when one of our groups is done or we are to lead; a spurious return
+                // just loops.
                 std::thread::park();
                 q = self.lock();
                 continue;
@@ -204,40 +248,40 @@ impl Committer {
             let mut guard = LeaderGuard {
                 committer: self,
                 tickets,
-                me: ticket,
+                me: mine.clone(),
                 armed: true,
             };
-            let results = run(&reqs);
+            let group = run(&reqs);
             guard.armed = false;
             let tickets = std::mem::take(&mut guard.tickets);
             drop(guard);
             let mut wake = Vec::with_capacity(tickets.len() + 1);
-            let mut mine = None;
             q = self.lock();
-            let mut results = results.into_iter();
+            let mut group = group.into_iter();
             for ((t, th), req) in tickets.into_iter().zip(reqs) {
-                let r = results.next().unwrap_or_else(|| {
+                let r = group.next().unwrap_or_else(|| {
                     Err(Error::Invalid(
                         "commit group returned fewer results than requests (a bug): reopen the store"
                             .into(),
                     ))
                 });
-                if t == ticket {
-                    mine = Some((r, req));
+                if mine.contains(&t) {
+                    results[(t - first) as usize] = Some((r, req));
+                    left -= 1;
                 } else {
                     q.done.insert(t, (r, req));
                     wake.push(th);
                 }
             }
-            Self::pass_on(&mut q, &mut wake, Some(ticket));
+            Self::pass_on(&mut q, &mut wake, &mine);
             drop(q);
             for th in wake {
                 th.unpark();
             }
-            if let Some(d) = mine {
-                return d;
+            if left == 0 {
+                return results.into_iter().flatten().collect();
             }
-            // Our request did not fit in that group; we lead the next one (pass_on chose the
+            // Some of ours did not fit in that group; we lead the next one (pass_on chose the
             // oldest queued request, which is ours) or wait for it.
             q = self.lock();
         }
@@ -300,6 +344,50 @@ mod tests {
         }
         assert_eq!(committed.load(Ordering::SeqCst), 16 * 200);
         assert!(groups.load(Ordering::SeqCst) <= 16 * 200);
+    }
+
+    #[test]
+    fn one_caller_commits_many_requests_alongside_others() {
+        let c = Arc::new(Committer::new(6));
+        let committed = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..6)
+            .map(|t| {
+                let (c, committed) = (c.clone(), committed.clone());
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        // Up to 5 requests of 1..=4 blocks: often more than one group's worth.
+                        let sizes: Vec<usize> =
+                            (0..1 + (t + i) % 5).map(|k| 1 + (k + i) % 4).collect();
+                        let out = c.commit_many(sizes.iter().map(|&n| req(n)).collect(), |batch| {
+                            let total: usize = batch.iter().map(|r| r.blocks.len()).sum();
+                            assert!(batch.len() == 1 || total <= 6, "group of {total} blocks");
+                            committed.fetch_add(batch.len(), Ordering::SeqCst);
+                            batch.iter().map(|_| Ok(())).collect()
+                        });
+                        // One result per request, in order, each with its own request back.
+                        let got: Vec<usize> = out
+                            .iter()
+                            .map(|(r, back)| {
+                                assert!(r.is_ok());
+                                back.blocks.len()
+                            })
+                            .collect();
+                        assert_eq!(got, sizes);
+                    }
+                })
+            })
+            .collect();
+        let mut expect = 0;
+        for t in 0..6 {
+            for i in 0..100 {
+                expect += 1 + (t + i) % 5;
+            }
+        }
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(committed.load(Ordering::SeqCst), expect);
+        assert!(c.commit_many(Vec::new(), |_| unreachable!()).is_empty());
     }
 
     #[test]

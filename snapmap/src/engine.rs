@@ -1085,6 +1085,19 @@ impl Engine {
         }
     }
 
+    /// One [`Error::Failed`] per request, when the engine stopped taking writes (`why`).
+    fn all_failed(&self, n: usize, why: &Error) -> Vec<Result<()>> {
+        let reason = why.to_string();
+        (0..n)
+            .map(|_| {
+                Err(Error::Failed {
+                    store: self.store_name.clone(),
+                    reason: reason.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Commits one group (run by the leader only; see commit.rs).
     fn run_group(&self, batch: &[Request]) -> Vec<Result<()>> {
         let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
@@ -1101,16 +1114,7 @@ impl Engine {
                 .collect()
         };
         if let Err(e) = self.check_writable() {
-            let msg = e.to_string();
-            return batch
-                .iter()
-                .map(|_| {
-                    Err(Error::Failed {
-                        store: self.store_name.clone(),
-                        reason: msg.clone(),
-                    })
-                })
-                .collect();
+            return self.all_failed(batch.len(), &e);
         }
         let bs = self.bs as usize;
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());

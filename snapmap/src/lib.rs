@@ -28,6 +28,7 @@ pub mod locks;
 mod scratch;
 pub mod store;
 
+pub use engine::direct::{CowWrite, DirectWrite, Preserve, Span};
 pub use engine::{
     validate_name, BlockRange, CheckReport, Engine, OpenOptions, RestoreReport, RestoreState,
     SnapshotInfo, Stats, Status,

@@ -1,7 +1,10 @@
 //! The engine against a reference model: random sequences of writes (any alignment),
 //! identical rewrites, discards, snapshot create/delete, restore, checkpoints and reopen. After
 //! every sequence, the live image and every snapshot must read back byte-identical to the
-//! model, and the store must pass its consistency check.
+//! model, and the store must pass its consistency check. Writes go either through
+//! `Engine::write` or, as the ublk queues issue them, through the caller-driven paths
+//! (`try_direct_write`, `try_cow_write` + `commit_preserves`) with the origin I/O done by the
+//! test itself.
 
 use std::sync::Arc;
 
@@ -14,21 +17,44 @@ const SIZE: usize = BS * BLOCKS;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { off: usize, len: usize, seed: u8 },
-    Rewrite { off: usize, len: usize },
-    Zero { off: usize, len: usize },
+    Write {
+        off: usize,
+        len: usize,
+        seed: u8,
+        frontend: bool,
+    },
+    Rewrite {
+        off: usize,
+        len: usize,
+        frontend: bool,
+    },
+    Zero {
+        off: usize,
+        len: usize,
+    },
     Snapshot,
     Delete(usize),
     Restore(usize),
     Checkpoint,
-    Reopen { clean: bool },
+    Reopen {
+        clean: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let range = (0..SIZE).prop_flat_map(|off| (Just(off), 1..=(SIZE - off).min(3 * BS + 100)));
+    // Whole-block writes too: only those can take the caller-driven paths.
+    let blocks = (0..BLOCKS)
+        .prop_flat_map(|b| (Just(b * BS), (1..=(BLOCKS - b).min(4)).prop_map(|n| n * BS)));
     prop_oneof![
-        6 => (range.clone(), any::<u8>()).prop_map(|((off, len), seed)| Op::Write { off, len, seed }),
-        2 => range.clone().prop_map(|(off, len)| Op::Rewrite { off, len }),
+        4 => (blocks.clone(), any::<u8>(), any::<bool>())
+            .prop_map(|((off, len), seed, frontend)| Op::Write { off, len, seed, frontend }),
+        1 => (blocks, any::<bool>())
+            .prop_map(|((off, len), frontend)| Op::Rewrite { off, len, frontend }),
+        6 => (range.clone(), any::<u8>(), any::<bool>())
+            .prop_map(|((off, len), seed, frontend)| Op::Write { off, len, seed, frontend }),
+        2 => (range.clone(), any::<bool>())
+            .prop_map(|((off, len), frontend)| Op::Rewrite { off, len, frontend }),
         1 => range.prop_map(|(off, len)| Op::Zero { off, len }),
         2 => Just(Op::Snapshot),
         1 => any::<usize>().prop_map(Op::Delete),
@@ -81,6 +107,10 @@ fn verify(e: &Engine, m: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+fn frontend_write(e: &Engine, origin: &dyn BlockDev, off: u64, data: &[u8]) -> snapmap::Result<()> {
+    e.write_as_frontend(origin, off, data).map(|_| ())
+}
+
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let origin: Arc<dyn BlockDev> = Arc::new(MemDev::new("origin", SIZE as u64, false));
     let store: Arc<dyn BlockDev> = Arc::new(MemDev::new("store", 0, true));
@@ -93,14 +123,27 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     for op in ops {
         match op {
-            Op::Write { off, len, seed } => {
+            Op::Write {
+                off,
+                len,
+                seed,
+                frontend,
+            } => {
                 let data = pattern(seed, off, len);
-                e.write(off as u64, &data).map_err(fail)?;
+                if frontend {
+                    frontend_write(&e, &*origin, off as u64, &data).map_err(fail)?;
+                } else {
+                    e.write(off as u64, &data).map_err(fail)?;
+                }
                 m.live[off..off + len].copy_from_slice(&data);
             }
-            Op::Rewrite { off, len } => {
+            Op::Rewrite { off, len, frontend } => {
                 let data = m.live[off..off + len].to_vec();
-                e.write(off as u64, &data).map_err(fail)?;
+                if frontend {
+                    frontend_write(&e, &*origin, off as u64, &data).map_err(fail)?;
+                } else {
+                    e.write(off as u64, &data).map_err(fail)?;
+                }
             }
             Op::Zero { off, len } => {
                 e.discard(off as u64, len as u64).map_err(fail)?;

@@ -25,8 +25,16 @@ const SIZE: usize = BS * BLOCKS;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { off: usize, len: usize, seed: u64 },
-    Zero { off: usize, len: usize },
+    Write {
+        off: usize,
+        len: usize,
+        seed: u64,
+        frontend: bool,
+    },
+    Zero {
+        off: usize,
+        len: usize,
+    },
     Flush,
     Snapshot,
     Delete(u64),
@@ -38,16 +46,25 @@ fn gen_ops(rng: &mut Rng, n: usize) -> Vec<Op> {
     (0..n)
         .map(|_| match rng.below(20) {
             0..=7 => {
-                let off = if rng.below(2) == 0 {
+                let aligned = rng.below(2) == 0;
+                let off = if aligned {
                     rng.below(BLOCKS as u64) as usize * BS
                 } else {
                     rng.below(SIZE as u64) as usize
                 };
-                let len = (1 + rng.below(2 * BS as u64) as usize).min(SIZE - off);
+                // Half the aligned writes are whole blocks issued as the ublk queue issues
+                // them (caller-driven origin I/O, preserves through commit_preserves).
+                let frontend = aligned && rng.below(2) == 0;
+                let len = if frontend {
+                    (BS * (1 + rng.below(2) as usize)).min(SIZE - off)
+                } else {
+                    (1 + rng.below(2 * BS as u64) as usize).min(SIZE - off)
+                };
                 Op::Write {
                     off,
                     len,
                     seed: rng.next_u64(),
+                    frontend,
                 }
             }
             8 => {
@@ -143,12 +160,21 @@ fn opts() -> OpenOptions {
 /// Runs `ops` on `e`, keeping `m` in step; stops at the first error (the power cut or an
 /// injected fault) and records that operation's possible effects. Returns how many ops ran
 /// (the failed one included) and the error.
-fn run_ops(e: &Engine, m: &mut Model, ops: &[Op]) -> (usize, Option<Error>) {
+fn run_ops(e: &Engine, origin: &dyn BlockDev, m: &mut Model, ops: &[Op]) -> (usize, Option<Error>) {
     for (i, op) in ops.iter().enumerate() {
         let r: Result<(), Error> = match op {
-            Op::Write { off, len, seed } => {
+            Op::Write {
+                off,
+                len,
+                seed,
+                frontend,
+            } => {
                 let data = pattern(*seed, *len);
-                let r = e.write(*off as u64, &data);
+                let r = if *frontend {
+                    e.write_as_frontend(origin, *off as u64, &data).map(|_| ())
+                } else {
+                    e.write(*off as u64, &data)
+                };
                 m.wrote(*off, &data, r.is_ok());
                 r
             }
@@ -382,7 +408,7 @@ fn round(
         Engine::open(od, sd, &opts())
     };
     if let Ok(e) = opened {
-        let _ = run_ops(&e, m, ops);
+        let _ = run_ops(&e, &*o, m, ops);
     } else if fresh {
         // Power failed while formatting: nothing was ever acknowledged.
         return (vec![0u8; SIZE], Vec::new(), power.ops());
@@ -544,7 +570,7 @@ fn injected_io_errors_surface_and_never_corrupt_a_snapshot() {
         let mut surfaced_here = 0;
         let mut rest: &[Op] = &ops;
         while !rest.is_empty() {
-            let (ran, err) = run_ops(&e, &mut m, rest);
+            let (ran, err) = run_ops(&e, &*od, &mut m, rest);
             rest = &rest[ran..];
             let Some(err) = err else { break };
             surfaced += 1;

@@ -84,13 +84,22 @@ fn case(seed: u64) -> (usize, u64, u64) {
         .map(|t| {
             let (e, acked, started, stop) =
                 (e.clone(), acked.clone(), started.clone(), stop.clone());
+            // Odd threads write as the ublk queue does (their preserves committed through
+            // commit_preserves, their origin I/O done by the caller), sharing commit groups
+            // with the others.
+            let origin: Option<Arc<dyn BlockDev>> = (t % 2 == 1).then(|| o.clone() as _);
             std::thread::spawn(move || {
                 for v in 1..=10_000u64 {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
                     started[t].store(v, Ordering::SeqCst);
-                    if e.write((block_of(t, v) * BS) as u64, &content(v)).is_err() {
+                    let off = (block_of(t, v) * BS) as u64;
+                    let r = match &origin {
+                        Some(o) => e.write_as_frontend(&**o, off, &content(v)).map(|_| ()),
+                        None => e.write(off, &content(v)),
+                    };
+                    if r.is_err() {
                         return;
                     }
                     acked[t].store(v, Ordering::SeqCst);

@@ -4,7 +4,7 @@
 
 use crate::io_op::IoBackend;
 use crate::queue::{serve_queue, QueueCtx, ORIGIN_FIXED_FD};
-use crate::worker::WorkerPool;
+use crate::worker::{CommitThread, WorkerPool};
 use crate::{io_op::IoStats, DeviceSpec, Error};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
@@ -196,6 +196,8 @@ where
 
     let pool = WorkerPool::start(spec.effective_workers(), backend.clone(), stats.clone())
         .map_err(Error::io("start engine worker threads"))?;
+    let commits =
+        CommitThread::start(backend.clone()).map_err(Error::io("start the commit thread"))?;
     // Plain reads and writes go to the origin on the queue's own ring unless
     // the backend has no file (tests) or the operator turned it off.
     let origin_fd = match std::env::var_os(NO_DIRECT_ENV) {
@@ -205,6 +207,7 @@ where
     tracing::info!(direct = origin_fd.is_some(), "queue-thread origin I/O");
     let ctx = QueueCtx {
         pool: pool.handle(),
+        commits: commits.handle(),
         backend,
         stats,
         dev_size: size,
@@ -245,6 +248,7 @@ where
     let res = ctrl.run_target(tgt_init, q_fn, ready);
     // Queues are joined; let the workers finish what is queued and exit.
     drop(pool);
+    drop(commits);
     if let Err(e) = res {
         if attach == Attach::Add {
             // A device we just added and never served would be left behind.

@@ -37,6 +37,18 @@ pub trait IoBackend: Send + Sync {
     fn try_direct_write<'a>(&'a self, _off: u64, _buf: &[u8]) -> Option<DirectDone<'a>> {
         None
     }
+    /// Admits `buf` at `off` as a copy-on-write the caller drives (reads the
+    /// originals, has the preserve committed, then writes the origin; see
+    /// [`snapmap::CowWrite`]), without ever blocking. `None`: run
+    /// [`IoBackend::write`] instead.
+    fn try_cow_write<'a>(&'a self, _off: u64, _buf: &[u8]) -> Option<snapmap::CowWrite<'a>> {
+        None
+    }
+    /// Makes a batch of preserves durable; one result per preserve, in order:
+    /// 0, or the negative errno to complete its request with.
+    fn commit_preserves(&self, batch: Vec<snapmap::Preserve>) -> Vec<i32> {
+        vec![-libc::EIO; batch.len()]
+    }
 }
 
 /// Finishes an admitted direct write with its outcome (see
@@ -77,6 +89,20 @@ impl IoBackend for snapmap::Engine {
     fn try_direct_write<'a>(&'a self, off: u64, buf: &[u8]) -> Option<DirectDone<'a>> {
         let w = snapmap::Engine::try_direct_write(self, off, buf)?;
         Some(Box::new(move |ok| w.finish(ok)))
+    }
+    fn try_cow_write<'a>(&'a self, off: u64, buf: &[u8]) -> Option<snapmap::CowWrite<'a>> {
+        snapmap::Engine::try_cow_write(self, off, buf)
+    }
+    fn commit_preserves(&self, batch: Vec<snapmap::Preserve>) -> Vec<i32> {
+        snapmap::Engine::commit_preserves(self, batch)
+            .into_iter()
+            .map(|r| match r {
+                Ok(()) => 0,
+                Err(e) => -engine_err("preserve", 0, e)
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO),
+            })
+            .collect()
     }
 }
 
@@ -186,6 +212,9 @@ pub struct IoStats {
     pub direct_reads: AtomicU64,
     /// Writes served on the queue thread's ring (included in `writes`).
     pub direct_writes: AtomicU64,
+    /// Copy-on-write writes served on the queue thread (origin I/O on its
+    /// ring, the preserve committed by the commit thread; included in `writes`).
+    pub direct_cow_writes: AtomicU64,
 }
 
 /// A point-in-time copy of [`IoStats`].
@@ -213,6 +242,9 @@ pub struct IoCounters {
     /// Writes served on the queue thread's ring (included in `writes`).
     #[serde(default)]
     pub direct_writes: u64,
+    /// Copy-on-write writes served on the queue thread (included in `writes`).
+    #[serde(default)]
+    pub direct_cow_writes: u64,
 }
 
 impl IoStats {
@@ -230,6 +262,7 @@ impl IoStats {
             errors: l(&self.errors),
             direct_reads: l(&self.direct_reads),
             direct_writes: l(&self.direct_writes),
+            direct_cow_writes: l(&self.direct_cow_writes),
         }
     }
 }

@@ -7,10 +7,16 @@
 //!   possible identical rewrite, locks free). The backing file is registered
 //!   with the ring, as in libublk's loop example, and the engine still gets
 //!   its bookkeeping (read checksums, write locks held until completion);
-//! - **on the worker pool** for everything else (preserves and group commits,
-//!   compare reads, partial blocks, FUA, flush, discard), and as the fallback
-//!   whenever a direct I/O does not complete in full: the engine then runs
-//!   the request with its own error reporting.
+//! - **as a copy-on-write driven from the queue**, for a whole-block first
+//!   write after a snapshot ([`IoBackend::try_cow_write`]): the originals are
+//!   read on the ring, the preserve goes to the commit thread (which commits
+//!   everything queued meanwhile in one call), and only once it is durable
+//!   are the origin writes issued on the ring — the ordering rule, with two
+//!   cross-thread hand-offs per batch instead of several per request;
+//! - **on the worker pool** for everything else (compare reads, partial
+//!   blocks, FUA, flush, discard), and as the fallback whenever a direct I/O
+//!   does not complete in full: the engine then runs the request with its
+//!   own error reporting.
 //!
 //! Worker results come back through the queue's [`Completions`]: one eventfd
 //! read in flight, drained by a reaper task that wakes the tag tasks. Jobs are
@@ -18,7 +24,7 @@
 //! never blocks on the engine.
 
 use crate::io_op::{IoBackend, IoRequest, IoStats};
-use crate::worker::{Completions, Job, PoolHandle, TagSlot};
+use crate::worker::{CommitHandle, Completions, Job, PoolHandle, PreserveJob, TagSlot};
 use io_uring::{opcode, types};
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::uring_async::ublk_submit_sqe_async;
@@ -40,6 +46,8 @@ pub const ORIGIN_FIXED_FD: u32 = 1;
 pub struct QueueCtx {
     /// Engine workers.
     pub pool: PoolHandle,
+    /// The commit thread for copy-on-write preserves.
+    pub commits: CommitHandle,
     /// The engine.
     pub backend: Arc<dyn IoBackend>,
     /// Device counters.
@@ -79,13 +87,26 @@ struct Local {
     waiters: Vec<Waiter>,
     /// Jobs to hand to the pool at the end of this event-loop turn.
     pending: RefCell<Vec<Job>>,
+    /// Preserves to hand to the commit thread at the end of this turn.
+    preserves: RefCell<Vec<PreserveJob>>,
 }
 
 impl Local {
+    fn has_jobs(&self) -> bool {
+        !self.pending.borrow().is_empty() || !self.preserves.borrow().is_empty()
+    }
+
     fn flush_jobs(&self) {
         let mut p = self.pending.borrow_mut();
         if let Err(jobs) = self.ctx.pool.submit_batch(&mut p) {
             // The pool is gone (shutdown): fail the requests.
+            for j in jobs {
+                self.deliver(j.tag, -libc::EIO);
+            }
+        }
+        drop(p);
+        let mut c = self.preserves.borrow_mut();
+        if let Err(jobs) = self.ctx.commits.submit_batch(&mut c) {
             for j in jobs {
                 self.deliver(j.tag, -libc::EIO);
             }
@@ -126,6 +147,7 @@ pub fn serve_queue(qid: u16, dev: &UblkDev, ctx: QueueCtx) {
         done: done.clone(),
         waiters: (0..depth).map(|_| Waiter::default()).collect(),
         pending: RefCell::new(Vec::with_capacity(depth)),
+        preserves: RefCell::new(Vec::with_capacity(depth)),
     });
     let exe = Rc::new(smol::LocalExecutor::new());
     let mut tasks = Vec::new();
@@ -148,7 +170,7 @@ pub fn serve_queue(qid: u16, dev: &UblkDev, ctx: QueueCtx) {
     smol::block_on(exe.run(async move {
         let run_ops = || loop {
             while exe2.try_tick() {}
-            if local2.pending.borrow().is_empty() {
+            if !local2.has_jobs() {
                 break;
             }
             local2.flush_jobs();
@@ -245,7 +267,10 @@ async fn serve(local: &Local, tag: u16, slot: &Arc<TagSlot>, req: IoRequest) -> 
                 off,
                 len,
                 fua: false,
-            } => direct_write(local, slot, off, len).await,
+            } => match direct_write(local, slot, off, len).await {
+                Some(r) => Some(r),
+                None => cow_write(local, tag, slot, off, len).await,
+            },
             _ => None,
         };
         if let Some(res) = served {
@@ -255,10 +280,15 @@ async fn serve(local: &Local, tag: u16, slot: &Arc<TagSlot>, req: IoRequest) -> 
     run_on_pool(local, tag, slot, req).await
 }
 
-/// One origin read or write on the queue's ring; the number of bytes moved,
-/// or a negative errno.
+/// One origin read or write of the tag's buffer on the queue's ring; the
+/// number of bytes moved, or a negative errno.
 async fn origin_io(write: bool, slot: &TagSlot, off: u64, len: u32) -> i32 {
-    let ptr = slot.buf().as_mut_ptr();
+    origin_io_at(write, slot.buf().as_mut_ptr(), off, len).await
+}
+
+/// One origin read into, or write from, `len` bytes at `ptr`, which must stay
+/// valid (and, for a read, unaliased) until the returned future completes.
+async fn origin_io_at(write: bool, ptr: *mut u8, off: u64, len: u32) -> i32 {
     let fd = types::Fixed(ORIGIN_FIXED_FD);
     let sqe = if write {
         opcode::Write::new(fd, ptr, len).offset(off).build()
@@ -314,6 +344,60 @@ async fn direct_write(local: &Local, slot: &TagSlot, off: u64, len: u32) -> Opti
     s.direct_writes.fetch_add(1, Ordering::Relaxed);
     s.bytes_written.fetch_add(u64::from(len), Ordering::Relaxed);
     Some(r)
+}
+
+/// A first write after a snapshot, driven from the queue (see the module
+/// docs); `None` when the engine does not admit it or an origin I/O did not
+/// complete in full (the engine then runs the whole write itself: blocks
+/// already preserved are simply written).
+async fn cow_write(local: &Local, tag: u16, slot: &TagSlot, off: u64, len: u32) -> Option<i32> {
+    // SAFETY: the tag's buffer is ours until the commit; `len` fits in it (decode).
+    let data = unsafe { std::slice::from_raw_parts(slot.buf().as_mut_ptr(), len as usize) };
+    let mut cow = local.ctx.backend.try_cow_write(off, data)?;
+    for s in cow.reads() {
+        // The buffer belongs to `cow`, which outlives this read.
+        let dst = cow.old_mut()[s.at..s.at + s.len].as_mut_ptr();
+        if origin_io_at(false, dst, s.off, s.len as u32).await != s.len as i32 {
+            return None;
+        }
+    }
+    if let Some(p) = cow.prepare(data) {
+        let w = &local.waiters[tag as usize];
+        w.res.set(None);
+        local.preserves.borrow_mut().push(PreserveJob {
+            preserve: p,
+            tag,
+            done: local.done.clone(),
+        });
+        let res = WaitResult(w).await;
+        cow.committed(res == 0);
+        if res != 0 {
+            // Nothing was written; the engine's error (ENOSPC for a full
+            // store) is the request's.
+            local.ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+            return Some(res);
+        }
+    }
+    // The preserves are durable: the origin may change now.
+    for s in cow.writes() {
+        let src = data[s.at..].as_ptr() as *mut u8;
+        if origin_io_at(true, src, s.off, s.len as u32).await != s.len as i32 {
+            cow.finish(false);
+            tracing::debug!(
+                off,
+                len,
+                "copy-on-write origin write incomplete; retrying through the engine"
+            );
+            return None;
+        }
+    }
+    cow.finish(true);
+    let st = &local.ctx.stats;
+    st.writes.fetch_add(1, Ordering::Relaxed);
+    st.direct_cow_writes.fetch_add(1, Ordering::Relaxed);
+    st.bytes_written
+        .fetch_add(u64::from(len), Ordering::Relaxed);
+    Some(len as i32)
 }
 
 /// Hands `req` to a worker (at the end of this event-loop turn) and waits

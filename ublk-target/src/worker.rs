@@ -277,6 +277,135 @@ fn worker_loop(shared: &Shared, backend: &dyn IoBackend, stats: &IoStats) {
     }
 }
 
+/// One copy-on-write's preserve, for the commit thread.
+pub struct PreserveJob {
+    /// The originals to make durable.
+    pub preserve: snapmap::Preserve,
+    /// The tag to complete (with 0 or a negative errno).
+    pub tag: u16,
+    /// Where to report the result.
+    pub done: Arc<Completions>,
+}
+
+struct CommitState {
+    jobs: Vec<PreserveJob>,
+    closed: bool,
+}
+
+struct CommitShared {
+    state: Mutex<CommitState>,
+    cv: Condvar,
+}
+
+/// The thread that commits the queue threads' copy-on-write preserves: whatever has queued up
+/// while it was busy goes to the engine as one batch (group commits, one sync per group), and
+/// the results go back with one completion wake-up per queue. It is a thread of its own, not a
+/// pool worker, because the queues hold those writes' block locks and the snapshot gate until
+/// the commit returns: a pool worker can be blocked on exactly those (a write to the same
+/// blocks, or a snapshot waiting for the gate), and a commit queued behind it would never run.
+/// The commit path itself never waits for a block lock or the gate.
+pub struct CommitThread {
+    shared: Arc<CommitShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Cheap handle the queue threads use to hand preserves to the [`CommitThread`].
+#[derive(Clone)]
+pub struct CommitHandle {
+    shared: Arc<CommitShared>,
+}
+
+impl CommitHandle {
+    /// Queues every job in `jobs` (leaving it empty) and wakes the commit thread. Fails,
+    /// handing the jobs back, only after shutdown.
+    pub fn submit_batch(&self, jobs: &mut Vec<PreserveJob>) -> Result<(), Vec<PreserveJob>> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.closed {
+                return Err(std::mem::take(jobs));
+            }
+            s.jobs.append(jobs);
+        }
+        self.shared.cv.notify_one();
+        Ok(())
+    }
+}
+
+impl CommitThread {
+    /// Starts the commit thread for `backend`.
+    pub fn start(backend: Arc<dyn IoBackend>) -> std::io::Result<CommitThread> {
+        let shared = Arc::new(CommitShared {
+            state: Mutex::new(CommitState {
+                jobs: Vec::new(),
+                closed: false,
+            }),
+            cv: Condvar::new(),
+        });
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("snapblk-commit".into())
+            .spawn(move || commit_loop(&s2, &*backend))?;
+        Ok(CommitThread {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// A submit handle for a queue thread.
+    pub fn handle(&self) -> CommitHandle {
+        CommitHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for CommitThread {
+    fn drop(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed = true;
+        self.shared.cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the commit thread panicked");
+            }
+        }
+    }
+}
+
+fn commit_loop(shared: &CommitShared, backend: &dyn IoBackend) {
+    let mut batch = Vec::new();
+    loop {
+        {
+            let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            while s.jobs.is_empty() {
+                if s.closed {
+                    return;
+                }
+                s = shared.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            std::mem::swap(&mut s.jobs, &mut batch);
+        }
+        let mut targets = Vec::with_capacity(batch.len());
+        let preserves = batch
+            .drain(..)
+            .map(|j| {
+                targets.push((j.tag, j.done));
+                j.preserve
+            })
+            .collect();
+        let results = backend.commit_preserves(preserves);
+        for (i, (tag, done)) in targets.into_iter().enumerate() {
+            done.push(tag, results.get(i).copied().unwrap_or(-libc::EIO));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +416,22 @@ mod tests {
         // SAFETY: blocking read of 8 bytes into a live u64.
         let n = unsafe { libc::read(fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
         assert_eq!(n, 8);
+    }
+
+    /// Waits for `n` completions on `done` (bounded); returns them sorted by tag.
+    fn completed(done: &Completions, n: usize) -> Vec<(u16, i32)> {
+        let mut got = Vec::new();
+        let mut all = Vec::new();
+        for _ in 0..100 {
+            if all.len() == n {
+                break;
+            }
+            wait_eventfd(done.eventfd());
+            done.take(&mut got);
+            all.extend_from_slice(&got);
+        }
+        all.sort_unstable();
+        all
     }
 
     #[test]
@@ -314,18 +459,10 @@ mod tests {
         }
         assert!(h.submit_batch(&mut jobs).is_ok());
         assert!(jobs.is_empty());
-        let mut got = Vec::new();
-        let mut all = Vec::new();
-        for _ in 0..100 {
-            if all.len() == 8 {
-                break;
-            }
-            wait_eventfd(done.eventfd());
-            done.take(&mut got);
-            all.extend_from_slice(&got);
-        }
-        all.sort_unstable();
-        assert_eq!(all, (0..8).map(|t| (t, 4096)).collect::<Vec<_>>());
+        assert_eq!(
+            completed(&done, 8),
+            (0..8).map(|t| (t, 4096)).collect::<Vec<_>>()
+        );
         let d = disk.data.lock().unwrap();
         for i in 0..8 {
             assert!(d[i * 4096..(i + 1) * 4096]
@@ -354,5 +491,57 @@ mod tests {
         }];
         let back = h.submit_batch(&mut jobs).err().map(|j| j.len());
         assert_eq!(back, Some(1));
+    }
+
+    #[test]
+    fn the_commit_thread_commits_a_batch_and_completes_each_tag() {
+        use snapmap::{BlockDev, Engine, MemDev, OpenOptions};
+        const BS: usize = 4096;
+        let origin = Arc::new(MemDev::new("origin", 16 * BS as u64, false));
+        let store: Arc<dyn BlockDev> = Arc::new(MemDev::new("store", 0, true));
+        let engine =
+            Arc::new(Engine::format(origin.clone(), store, &OpenOptions::default()).unwrap());
+        engine.write(0, &vec![1u8; 16 * BS]).unwrap();
+        engine.create_snapshot("s").unwrap();
+        let ct = CommitThread::start(engine.clone()).unwrap();
+        let h = ct.handle();
+        let done = Arc::new(Completions::new().unwrap());
+        let new: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8 + 2; BS]).collect();
+        let mut cows: Vec<_> = (0..4)
+            .map(|i| engine.try_cow_write((i * BS) as u64, &new[i]).unwrap())
+            .collect();
+        let mut jobs = Vec::new();
+        for (i, c) in cows.iter_mut().enumerate() {
+            for s in c.reads() {
+                origin
+                    .read_at(&mut c.old_mut()[s.at..s.at + s.len], s.off)
+                    .unwrap();
+            }
+            jobs.push(PreserveJob {
+                preserve: c.prepare(&new[i]).unwrap(),
+                tag: i as u16,
+                done: done.clone(),
+            });
+        }
+        assert!(h.submit_batch(&mut jobs).is_ok());
+        assert_eq!(
+            completed(&done, 4),
+            (0..4).map(|t| (t, 0)).collect::<Vec<_>>()
+        );
+        for (i, mut c) in cows.into_iter().enumerate() {
+            c.committed(true);
+            for s in c.writes() {
+                origin.write_at(&new[i][s.at..s.at + s.len], s.off).unwrap();
+            }
+            c.finish(true);
+        }
+        let st = engine.stats();
+        assert_eq!(st.preserves, 4);
+        assert!(st.commit_groups >= 1);
+        let mut b = vec![0u8; BS];
+        engine.read_snapshot("s", 3 * BS as u64, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 1));
+        drop(h);
+        drop(ct);
     }
 }

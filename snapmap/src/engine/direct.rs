@@ -13,9 +13,22 @@
 //!   preserve, a possible identical rewrite, a partial block, a busy lock) returns `None` and
 //!   goes through [`Engine::write`] as before, so the ordering rule, per-block ordering and
 //!   compare-skip hold unchanged.
+//! - A whole-block write that does need preserves can be driven by the caller too, in steps, so
+//!   that its origin I/O goes wherever the caller's other I/O goes and many preserves share
+//!   one commit call: [`Engine::try_cow_write`] admits it (locks held, never blocks), the caller
+//!   reads the originals named by [`CowWrite::reads`] into [`CowWrite::old_mut`],
+//!   [`CowWrite::prepare`] compares them with the new data and hands back a [`Preserve`] (the
+//!   originals that really change), [`Engine::commit_preserves`] makes a batch of those durable
+//!   in group commits, and only after [`CowWrite::committed`] accepted a successful result does
+//!   [`CowWrite::writes`] name the origin writes to issue. That order is the ordering rule: no
+//!   new data can reach the origin before its block's original and mapping are durable.
 
 use super::{add, Engine, MAX_RUN};
+use crate::commit::Request;
+use crate::error::{Error, Result};
+use crate::io::BlockDev;
 use crate::locks::RangeGuard;
+use crate::scratch::Scratch;
 use std::os::fd::RawFd;
 use std::sync::RwLockReadGuard;
 
@@ -67,6 +80,18 @@ impl Drop for DirectWrite<'_> {
     }
 }
 
+/// A write [`Engine::admit`] let through, with its locks.
+struct Admission<'a> {
+    gate: RwLockReadGuard<'a, ()>,
+    locks: RangeGuard<'a>,
+    b0: u64,
+    n: usize,
+    /// The newest snapshot (0 when there is none).
+    snap: u64,
+    need: Vec<bool>,
+    crcs: Vec<u32>,
+}
+
 impl Engine {
     /// The origin's file descriptor, when the origin is a plain file or block device opened by
     /// the engine (`None` for other [`crate::BlockDev`]s). It is opened with O_DIRECT when the
@@ -97,6 +122,24 @@ impl Engine {
     /// remembered checksum different from the new data (or unknown), and every lock free right
     /// now. Never blocks; `None` means "use [`Engine::write`]".
     pub fn try_direct_write(&self, off: u64, buf: &[u8]) -> Option<DirectWrite<'_>> {
+        let a = self.admit(off, buf, false)?;
+        Some(DirectWrite {
+            engine: self,
+            _locks: a.locks,
+            _gate: a.gate,
+            b0: a.b0,
+            len: buf.len() as u64,
+            crcs: a.crcs,
+            done: false,
+        })
+    }
+
+    /// What both caller-driven paths check before taking a write: whole blocks, at most one
+    /// write step, the engine accepting writes, the gate and every block lock free right now
+    /// (taken here), and whether the newest snapshot still needs any of the blocks — which must
+    /// be `cow`. A block that needs no preserve and whose remembered checksum equals the new
+    /// data's may already hold these bytes: the engine compares it, so such writes are refused.
+    fn admit(&self, off: u64, buf: &[u8], cow: bool) -> Option<Admission<'_>> {
         let bs = self.bs as u64;
         let len = buf.len() as u64;
         if len == 0
@@ -109,43 +152,335 @@ impl Engine {
             return None;
         }
         let b0 = off / bs;
-        let n = len / bs;
+        let n = (len / bs) as usize;
         let gate = self.gate.try_read().ok()?;
-        let locks = self.locks.try_lock(b0, n)?;
-        {
+        let locks = self.locks.try_lock(b0, n as u64)?;
+        let (snap, need) = {
             let ix = match self.index.try_read() {
                 Ok(ix) => ix,
                 Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => return None,
             };
-            if let Some(s) = ix.newest() {
-                if (b0..b0 + n).any(|b| !s.delta.contains(b as u32)) {
-                    return None;
-                }
+            match ix.newest() {
+                Some(s) => (
+                    s.id,
+                    (b0..b0 + n as u64)
+                        .map(|b| !s.delta.contains(b as u32))
+                        .collect(),
+                ),
+                None => (0, vec![false; n]),
             }
+        };
+        if need.contains(&true) != cow {
+            return None;
         }
         let crcs: Vec<u32> = buf.chunks(bs as usize).map(crc32fast::hash).collect();
         if crcs
             .iter()
             .enumerate()
-            .any(|(i, c)| self.csum.get((b0 + i as u64) as u32) == Some(*c))
+            .any(|(i, c)| !need[i] && self.csum.get((b0 + i as u64) as u32) == Some(*c))
         {
-            // Possibly an identical rewrite: the engine compares and skips it.
             return None;
         }
         // Re-check after taking the gate: a failure recorded meanwhile stops writes.
         if self.check_writable().is_err() {
             return None;
         }
-        Some(DirectWrite {
-            engine: self,
-            _locks: locks,
-            _gate: gate,
+        Some(Admission {
+            gate,
+            locks,
             b0,
-            len,
+            n,
+            snap,
+            need,
             crcs,
+        })
+    }
+}
+
+/// Where a [`CowWrite`] stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CowState {
+    /// Waiting for the caller to read the originals.
+    Reading,
+    /// A [`Preserve`] is out; nothing may be written until it is committed.
+    Committing,
+    /// Preserves are durable (or none were needed): the writes may be issued.
+    Writable,
+    /// The commit failed: nothing may be written.
+    Failed,
+}
+
+/// An admitted copy-on-write the caller drives step by step (see the module docs). Holds the
+/// write's block locks and the snapshot gate until finished; dropping it without
+/// [`CowWrite::finish`] counts as a failed write.
+pub struct CowWrite<'a> {
+    engine: &'a Engine,
+    _locks: RangeGuard<'a>,
+    _gate: RwLockReadGuard<'a, ()>,
+    b0: u64,
+    n: usize,
+    snap: u64,
+    /// Blocks the newest snapshot still needs (their originals must be read and preserved).
+    need: Vec<bool>,
+    /// Blocks to write to the origin (cleared for a needed block found to hold the new bytes).
+    write: Vec<bool>,
+    /// crc32 of each block's new data.
+    crcs: Vec<u32>,
+    /// The originals of the needed blocks, at their block index.
+    old: Scratch,
+    state: CowState,
+    done: bool,
+}
+
+/// The originals one [`CowWrite`] preserves, ready to be committed by
+/// [`Engine::commit_preserves`] on any thread.
+pub struct Preserve {
+    req: Request,
+}
+
+impl Preserve {
+    /// Number of blocks it preserves.
+    pub fn blocks(&self) -> usize {
+        self.req.blocks.len()
+    }
+}
+
+/// Consecutive blocks of a [`CowWrite`] that the caller reads or writes in one I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Byte offset on the origin.
+    pub off: u64,
+    /// Byte offset within the write's data (and within [`CowWrite::old_mut`]).
+    pub at: usize,
+    /// Bytes.
+    pub len: usize,
+}
+
+impl CowWrite<'_> {
+    fn spans(&self, pick: impl Fn(usize) -> bool) -> Vec<Span> {
+        let bs = self.engine.bs as usize;
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.n {
+            if !pick(i) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < self.n && pick(j) {
+                j += 1;
+            }
+            out.push(Span {
+                off: (self.b0 + i as u64) * bs as u64,
+                at: i * bs,
+                len: (j - i) * bs,
+            });
+            i = j;
+        }
+        out
+    }
+
+    /// The origin reads to issue before [`CowWrite::prepare`]: each span's bytes go to the same
+    /// place (`at`) in [`CowWrite::old_mut`].
+    pub fn reads(&self) -> Vec<Span> {
+        self.spans(|i| self.need[i])
+    }
+
+    /// The buffer the originals are read into (as long as the write; aligned for O_DIRECT).
+    pub fn old_mut(&mut self) -> &mut [u8] {
+        &mut self.old
+    }
+
+    /// Compares the originals (read into [`CowWrite::old_mut`]) with the new data `new` (the
+    /// same bytes that were admitted). A needed block that already holds its new bytes is
+    /// neither preserved nor written. Returns the preserves to commit, or `None` when there is
+    /// nothing to preserve (the writes may then be issued at once).
+    pub fn prepare(&mut self, new: &[u8]) -> Option<Preserve> {
+        if self.state != CowState::Reading {
+            return None;
+        }
+        let bs = self.engine.bs as usize;
+        let e = self.engine;
+        add(
+            &e.counters.compare_reads,
+            self.need.iter().filter(|&&x| x).count() as u64,
+        );
+        let mut at = Vec::new();
+        let mut crcs = Vec::new();
+        for i in (0..self.n).filter(|&i| self.need[i]) {
+            let blk = i * bs..(i + 1) * bs;
+            let crc = crc32fast::hash(&self.old[blk.clone()]);
+            // Different checksums prove different bytes: compare only when they match.
+            if crc == self.crcs[i] && self.old[blk.clone()] == new[blk] {
+                self.write[i] = false;
+                add(&e.counters.blocks_skipped, 1);
+                continue;
+            }
+            at.push(i);
+            crcs.push(crc);
+        }
+        if at.is_empty() {
+            self.state = CowState::Writable;
+            return None;
+        }
+        self.state = CowState::Committing;
+        Some(Preserve {
+            req: Request {
+                meta: Vec::new(),
+                snap: self.snap,
+                blocks: at.iter().map(|&i| (self.b0 + i as u64) as u32).collect(),
+                crcs,
+                at,
+                data: std::mem::replace(&mut self.old, Scratch::take(0)),
+            },
+        })
+    }
+
+    /// Accepts the outcome of committing this write's [`Preserve`]: only a success lets
+    /// [`CowWrite::writes`] name anything.
+    pub fn committed(&mut self, ok: bool) {
+        if self.state == CowState::Committing {
+            self.state = if ok {
+                CowState::Writable
+            } else {
+                CowState::Failed
+            };
+        }
+    }
+
+    /// The origin writes to issue (from the new data at `at`), once the preserves are durable;
+    /// empty before that, after a failed commit, or when every block already held its bytes.
+    pub fn writes(&self) -> Vec<Span> {
+        if self.state != CowState::Writable {
+            return Vec::new();
+        }
+        self.spans(|i| self.write[i])
+    }
+
+    /// Records the outcome of the caller's origin writes (`true`: every span written in full):
+    /// the blocks' checksums are remembered, or forgotten after a failure. Releases the locks.
+    pub fn finish(mut self, ok: bool) {
+        self.record(ok);
+    }
+
+    fn record(&mut self, ok: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let e = self.engine;
+        let ok = ok && self.state == CowState::Writable;
+        for (i, crc) in self.crcs.iter().enumerate() {
+            let b = (self.b0 + i as u64) as u32;
+            if ok {
+                e.csum.put(b, *crc);
+            } else if self.write[i] {
+                e.csum.forget(b);
+            }
+        }
+        if ok {
+            let bs = e.bs as u64;
+            let written = self.write.iter().filter(|&&w| w).count() as u64;
+            add(&e.counters.writes, 1);
+            add(&e.counters.write_bytes, self.n as u64 * bs);
+            add(&e.counters.blocks_written, written);
+        }
+    }
+}
+
+impl Drop for CowWrite<'_> {
+    fn drop(&mut self) {
+        self.record(false);
+    }
+}
+
+impl Engine {
+    /// Admits `buf` at `off` as a copy-on-write the caller drives (see [`CowWrite`]): whole
+    /// blocks, at most one write step, at least one block the newest snapshot still needs, no
+    /// already-preserved block that might hold these bytes already, and every lock free right
+    /// now. Never blocks; `None` means "use [`Engine::write`]" (or
+    /// [`Engine::try_direct_write`] when nothing needs preserving).
+    pub fn try_cow_write(&self, off: u64, buf: &[u8]) -> Option<CowWrite<'_>> {
+        let a = self.admit(off, buf, true)?;
+        Some(CowWrite {
+            engine: self,
+            _locks: a.locks,
+            _gate: a.gate,
+            b0: a.b0,
+            n: a.n,
+            snap: a.snap,
+            write: vec![true; a.n],
+            need: a.need,
+            crcs: a.crcs,
+            old: Scratch::take(a.n * self.bs as usize),
+            state: CowState::Reading,
             done: false,
         })
+    }
+
+    /// Writes `data` at `off` the way a frontend with its own origin I/O does (the ublk queue
+    /// does the same steps asynchronously): through [`Engine::try_direct_write`] or
+    /// [`Engine::try_cow_write`] with the origin I/O done here on `origin` (which must be the
+    /// engine's origin device), else through [`Engine::write`]. The reference for driving those
+    /// paths, and how tests (model, crash) exercise them. Returns whether a caller-driven path
+    /// took the write.
+    pub fn write_as_frontend(&self, origin: &dyn BlockDev, off: u64, data: &[u8]) -> Result<bool> {
+        let io = |what: &str, e: std::io::Error| self.origin_err(what, e);
+        if let Some(w) = self.try_direct_write(off, data) {
+            let r = origin.write_at(data, off);
+            w.finish(r.is_ok());
+            r.map_err(|e| io("write", e))?;
+            return Ok(true);
+        }
+        let Some(mut c) = self.try_cow_write(off, data) else {
+            self.write(off, data)?;
+            return Ok(false);
+        };
+        for s in c.reads() {
+            origin
+                .read_at(&mut c.old_mut()[s.at..s.at + s.len], s.off)
+                .map_err(|e| io("read", e))?;
+        }
+        if let Some(p) = c.prepare(data) {
+            let r = self
+                .commit_preserves(vec![p])
+                .pop()
+                .unwrap_or_else(|| Err(Error::Invalid("no commit result (a bug)".into())));
+            c.committed(r.is_ok());
+            r?;
+        }
+        for s in c.writes() {
+            if let Err(e) = origin.write_at(&data[s.at..s.at + s.len], s.off) {
+                c.finish(false);
+                return Err(io("write", e));
+            }
+        }
+        c.finish(true);
+        Ok(true)
+    }
+
+    /// Makes a batch of [`Preserve`]s durable (in as few group commits as their size allows,
+    /// shared with any other writer's preserves) and returns one result per preserve, in order.
+    /// Blocks until the store's sync returned; run it off any thread that must not block.
+    pub fn commit_preserves(&self, batch: Vec<Preserve>) -> Vec<Result<()>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        if let Err(e) = self.check_writable() {
+            return self.all_failed(batch.len(), &e);
+        }
+        let reqs = batch.into_iter().map(|p| p.req).collect();
+        self.committer
+            .commit_many(reqs, |b| self.run_group(b))
+            .into_iter()
+            .map(|(r, req)| {
+                if r.is_ok() {
+                    add(&self.counters.preserves, req.blocks.len() as u64);
+                }
+                r
+            })
+            .collect()
     }
 }
 
@@ -234,5 +569,124 @@ mod tests {
         // are admitted (no checksum to compare against) and nothing is counted.
         assert!(e.try_direct_write(0, &a).is_some());
         assert_eq!(e.stats().writes, 1);
+    }
+
+    /// Drives a copy-on-write the way the ublk queue does; returns the write's spans.
+    fn cow(e: &Engine, origin: &MemDev, off: u64, data: &[u8]) -> Vec<crate::Span> {
+        let mut c = e.try_cow_write(off, data).unwrap();
+        for s in c.reads() {
+            origin
+                .read_at(&mut c.old_mut()[s.at..s.at + s.len], s.off)
+                .unwrap();
+        }
+        if let Some(p) = c.prepare(data) {
+            assert!(
+                c.writes().is_empty(),
+                "no write may be named before the commit"
+            );
+            let r = e.commit_preserves(vec![p]);
+            assert_eq!(r.len(), 1);
+            c.committed(r[0].is_ok());
+        }
+        let spans = c.writes();
+        for s in &spans {
+            origin.write_at(&data[s.at..s.at + s.len], s.off).unwrap();
+        }
+        c.finish(true);
+        spans
+    }
+
+    #[test]
+    fn a_cow_write_preserves_only_what_the_snapshot_needs_before_writing() {
+        let (e, origin) = engine();
+        e.write(0, &vec![1u8; 4 * BS]).unwrap();
+        // No snapshot: nothing to preserve, so not a copy-on-write.
+        assert!(e.try_cow_write(0, &[2u8; BS]).is_none());
+        e.create_snapshot("s").unwrap();
+        e.write(BS as u64, &vec![2u8; 2 * BS]).unwrap(); // blocks 1-2 preserved already
+        let data: Vec<u8> = (0..4 * BS).map(|i| (i / BS) as u8 + 10).collect();
+        {
+            let c = e.try_cow_write(0, &data).unwrap();
+            // Only blocks 0 and 3 are read; the locks exclude any other writer meanwhile.
+            let reads: Vec<(u64, usize)> = c.reads().iter().map(|s| (s.off, s.len)).collect();
+            assert_eq!(reads, vec![(0, BS), (3 * BS as u64, BS)]);
+            assert!(e.try_direct_write(0, &data[..BS]).is_none());
+            assert!(
+                c.writes().is_empty(),
+                "nothing may be written before the preserve"
+            );
+            // Dropped unfinished: nothing happened.
+        }
+        assert_eq!(e.stats().preserves, 2);
+        let spans = cow(&e, &origin, 0, &data);
+        assert_eq!(spans.len(), 1, "one origin write for the whole run");
+        assert_eq!((spans[0].off, spans[0].len), (0, 4 * BS));
+        assert_eq!(e.stats().preserves, 4);
+        let mut img = vec![0u8; 4 * BS];
+        e.read_snapshot("s", 0, &mut img).unwrap();
+        assert!(
+            img.iter().all(|&b| b == 1),
+            "the snapshot keeps the originals"
+        );
+        e.read(0, &mut img).unwrap();
+        assert_eq!(img, data);
+        assert!(e.check().unwrap().ok());
+    }
+
+    #[test]
+    fn a_cow_write_of_the_bytes_already_there_preserves_and_writes_nothing() {
+        let (e, origin) = engine();
+        e.write(0, &vec![5u8; 2 * BS]).unwrap();
+        e.create_snapshot("s").unwrap();
+        let before = e.stats();
+        let mut same = vec![5u8; 2 * BS];
+        same[BS..].fill(6); // block 1 changes, block 0 does not
+        let spans = cow(&e, &origin, 0, &same);
+        assert_eq!(spans.len(), 1);
+        assert_eq!((spans[0].off, spans[0].len), (BS as u64, BS));
+        let s = e.stats();
+        assert_eq!(s.preserves - before.preserves, 1);
+        assert_eq!(
+            s.blocks_skipped_identical - before.blocks_skipped_identical,
+            1
+        );
+        assert_eq!(s.blocks_written - before.blocks_written, 1);
+    }
+
+    #[test]
+    fn a_failed_commit_names_no_write() {
+        let origin = Arc::new(MemDev::new("origin", 64 * BS as u64, false));
+        let store: Arc<dyn BlockDev> = Arc::new(MemDev::new("store", 0, true));
+        let opts = OpenOptions {
+            max_store_bytes: Some(128 << 10),
+            store_grow_bytes: 32 << 10,
+            ..OpenOptions::default()
+        };
+        let e = Engine::format(origin.clone(), store, &opts).unwrap();
+        e.write(0, &vec![1u8; 64 * BS]).unwrap();
+        e.create_snapshot("s").unwrap();
+        // Far more than the store holds: the commit fails for lack of room.
+        let big = vec![2u8; 64 * BS];
+        let mut c = e.try_cow_write(0, &big).unwrap();
+        for s in c.reads() {
+            origin
+                .read_at(&mut c.old_mut()[s.at..s.at + s.len], s.off)
+                .unwrap();
+        }
+        let p = c.prepare(&big).unwrap();
+        assert_eq!(p.blocks(), 64);
+        let r = e.commit_preserves(vec![p]);
+        assert!(
+            matches!(r[0], Err(crate::Error::StoreFull { .. })),
+            "{:?}",
+            r[0]
+        );
+        c.committed(false);
+        assert!(c.writes().is_empty());
+        c.finish(true);
+        let mut got = vec![0u8; 64 * BS];
+        e.read(0, &mut got).unwrap();
+        assert!(got.iter().all(|&b| b == 1), "the live image is unchanged");
+        assert_eq!(e.stats().preserves, 0);
     }
 }

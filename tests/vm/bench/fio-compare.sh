@@ -163,6 +163,8 @@ run_job() {
             --sort comm,dso,sym >"$base.report.txt" 2>&1
         perf report -i "$VM_SCRATCH/perf.data" --stdio --no-children --sort comm \
             >"$base.comm.txt" 2>&1
+        perf report -i "$VM_SCRATCH/perf.data" --stdio --no-children --percent-limit 0.3 \
+            --sort dso,sym >"$base.sym.txt" 2>&1
         rm -f "$VM_SCRATCH/perf.data"
         return "$rc"
     fi

@@ -26,7 +26,20 @@ fio_verify() {
 
 step "fio randwrite 4k QD32 48M crc32c verify (no snapshot)" fio_verify rw-nosnap randwrite 4k 48M
 step "fio seq write 1M 64M crc32c verify (no snapshot)" fio_verify seq-nosnap write 1M 64M 64M
+# The image s1 must keep, read straight from the device before it is taken.
+image_sum() { dd if="$1" bs=1M iflag=direct status=none | md5sum | cut -d' ' -f1; }
+S1_SUM=$(image_sum "$DEV")
+note "image before s1: $S1_SUM"
 must "snapshot create s1" "$S" snapshot create s1 -n "$ID"
+# s1_intact LABEL: export s1 and compare it with the image it was taken from.
+s1_intact() {
+    local out=$VM_SCRATCH/s1-$1.img sum
+    "$S" export s1 -n "$ID" --to "$out" || return 1
+    sum=$(md5sum <"$out" | cut -d' ' -f1)
+    rm -f "$out"
+    echo "s1 exported: $sum, taken from: $S1_SUM"
+    [[ $sum == "$S1_SUM" ]]
+}
 step "fio randwrite 4k QD32 48M crc32c verify (with snapshot: COW)" fio_verify rw-snap randwrite 4k 48M
 step "fio seq write 1M 64M crc32c verify (with snapshot)" fio_verify seq-snap write 1M 64M 64M
 step "snapshot s1 preserved blocks (status shows preserves)" \
@@ -35,6 +48,9 @@ step "snapshot s1 preserved blocks (status shows preserves)" \
 # requests at once: the queue thread does not serialize on the engine.
 step "concurrent COW writes shared group commits (max_group_requests > 1)" \
     bash -c "'$S' status -n $ID --json | tee /dev/stderr | grep -Eq '\"max_group_requests\": ([2-9]|[1-9][0-9]+)'"
+step "first writes went through the queue-driven copy-on-write (io.direct_cow_writes > 0)" \
+    bash -c "'$S' status -n $ID --json | grep -Eq '\"direct_cow_writes\": [1-9]'"
+step "snapshot s1 reads back exactly as taken after the copy-on-write passes" s1_intact cow
 note "$(grep -h 'IOPS=' "$VM_SCRATCH"/fio-*.out | sed 's/^ */fio: /' | tr '\n' ';')"
 
 # Acknowledged + flushed writes that must survive the daemon's death.
@@ -64,6 +80,7 @@ kill_under_load() {
 step "SIGKILL the daemon under fio load, snapblk recover; fio finishes without errors" kill_under_load
 step "acknowledged pattern survived the crash" pattern_check "$DEV" crash 51200 1024
 step "snapshot s1 survived the crash" bash -c "'$S' snapshot list -n $ID | grep -q ' s1 '"
+step "snapshot s1 still reads back exactly as taken after the crash" s1_intact crash
 step "fresh fio randwrite 4k crc32c verify after recovery" fio_verify rw-recovered randwrite 4k 48M
 step "fresh fio seq write 1M crc32c verify after recovery" fio_verify seq-recovered write 1M 32M 128M
 step "store check after recovery" "$S" check -n "$ID"
