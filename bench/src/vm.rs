@@ -523,13 +523,19 @@ impl VmReport {
             "commit_groups",
             "commit_requests",
             "max_group_requests",
+            "direct_writes",
+            "direct_cow_writes",
         ];
         let mut rows = Vec::new();
         for (name, v) in &self.snapblk_status {
             let mut found = BTreeMap::new();
             // The engine's counters sit in a "stats" object; the device's own I/O counters
-            // (another "writes") elsewhere.
+            // (another "writes") in "io": the engine's win, the device adds which requests
+            // its queues served on their own rings.
             collect_numbers(find_key(v, "stats").unwrap_or(v), &mut found);
+            if let Some(io) = find_key(v, "io") {
+                collect_numbers(io, &mut found);
+            }
             if KEYS.iter().any(|k| found.contains_key(*k)) {
                 let cells: Vec<String> = KEYS
                     .iter()

@@ -9,7 +9,7 @@ pub fn init(daemon: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::log_writer)
         .with_ansi(false)
         .with_target(false)
         .try_init();

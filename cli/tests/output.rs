@@ -281,6 +281,61 @@ fn every_reporting_verb_prints_valid_json() {
     );
 }
 
+/// `s` without terminal escape sequences (CSI: ESC [ parameters final-letter).
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::new();
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' && it.peek() == Some(&'[') {
+            it.next();
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn log_lines_print_above_a_progress_bar_never_into_it() {
+    let v = changed_volume();
+    let (code, out) = under_pty(
+        &v.run_dir(),
+        &v.offline_args(&["restore", "s1"]),
+        &[("RUST_LOG", "snapblk=debug")],
+    )
+    .expect("util-linux `script` is needed to test terminal output: apt-get install util-linux");
+    assert_eq!(code, 0, "{out}");
+    assert_bar(&out, "restore s1", "blocks", "restored s1:");
+    let mut progress_lines = 0;
+    for (i, _) in out.match_indices(" DEBUG ") {
+        // What precedes the level on its terminal line must be the log line's own timestamp:
+        // the bar was cleared for it, not continued by it.
+        let start = out[..i].rfind(['\n', '\r']).map_or(0, |p| p + 1);
+        let before = strip_escapes(&out[start..i]);
+        assert!(
+            !before.is_empty()
+                && before
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || "-:.TZ".contains(c)),
+            "a log line was drawn into the progress bar: {:?}",
+            &out[start..(i + 60).min(out.len())]
+        );
+        if out[i..].starts_with(" DEBUG progress") {
+            progress_lines += 1;
+        }
+    }
+    // The restore logs its progress at most every tenth of the work, from 0 % to 100 %.
+    assert!(
+        (5..=11).contains(&progress_lines) && out.contains("DEBUG progress 100%"),
+        "{progress_lines} progress lines: {out:?}"
+    );
+}
+
 #[test]
 fn rust_log_shows_the_steps_of_a_restore_and_is_silent_by_default() {
     let v = changed_volume();

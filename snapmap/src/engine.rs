@@ -651,14 +651,7 @@ impl Engine {
         self.origin
             .read_at(buf, off)
             .map_err(|e| self.origin_err("read", e))?;
-        let bs = self.bs as u64;
-        if off.is_multiple_of(bs) && (buf.len() as u64).is_multiple_of(bs) {
-            // Remember what we saw; a stale entry is harmless (see csum.rs).
-            for (i, chunk) in buf.chunks(bs as usize).enumerate() {
-                self.csum
-                    .put((off / bs) as u32 + i as u32, crc32fast::hash(chunk));
-            }
-        }
+        self.note_read(off, buf);
         Ok(())
     }
 
