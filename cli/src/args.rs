@@ -67,6 +67,7 @@ pub enum Command {
     ///
     /// The kernel keeps /dev/ublkbN (and its queued I/O) when the daemon dies; this
     /// starts a new daemon that replays the store's log and takes the device over.
+    /// Continuous shipping schedules of the old daemon run on (paused ones stay paused).
     /// Needs root.
     #[command(verbatim_doc_comment, after_long_help = help::RECOVER)]
     Recover(RecoverArgs),

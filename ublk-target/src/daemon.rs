@@ -135,7 +135,7 @@ where
         move |id: u32| {
             dev_id.store(i64::from(id), Ordering::SeqCst);
             spec.id = Some(id);
-            match publish(&spec, id, engine, stats) {
+            match publish(&spec, id, engine, stats, attach) {
                 Ok(s) => {
                     *server.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
                     ready(id);
@@ -179,13 +179,25 @@ fn publish(
     id: u32,
     engine: Arc<Engine>,
     stats: Arc<IoStats>,
+    attach: Attach,
 ) -> Result<Server, Error> {
     let rd = RunDir::new(id);
     rd.create()?;
     rd.write_config(spec)?;
     rd.write_pid(std::process::id() as i32)?;
+    let ships = Ships::new(engine.clone(), spec.store.clone(), Some(rd.ships_path()));
+    match attach {
+        // The previous daemon of this device died: its schedules run on.
+        Attach::Recover => {
+            let n = ships.resume_saved();
+            if n > 0 {
+                tracing::info!(id, schedules = n, "shipping resumed after recovery");
+            }
+        }
+        Attach::Add => ships.clear_saved(),
+    }
     let handler = DaemonHandler {
-        ships: Ships::new(engine.clone(), spec.store.clone()),
+        ships,
         engine,
         stats,
         id,

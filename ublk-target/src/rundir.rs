@@ -60,6 +60,13 @@ impl RunDir {
         self.dir.join("control.sock")
     }
 
+    /// The device's shipping schedules, with their targets' secrets, so that a daemon
+    /// restarted by `recover` resumes them. It lives here (root-only, on /run) and nowhere
+    /// else: never on the data disks, gone with `delete` or a reboot.
+    pub fn ships_path(&self) -> PathBuf {
+        self.dir.join("ships.json")
+    }
+
     /// Daemon log, outside the directory so it outlives `delete`.
     pub fn log_path(&self) -> PathBuf {
         root().join(format!("{}.log", self.id))
@@ -180,6 +187,28 @@ pub fn pid_alive(pid: i32) -> bool {
         // No /proc: trust kill().
         Err(_) => true,
     }
+}
+
+/// Replaces `path` with `data` atomically, readable by its owner only (it may hold secrets).
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(Error::io(format!("create {}", tmp.display())))?;
+    f.write_all(data)
+        .map_err(Error::io(format!("write {}", tmp.display())))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(Error::io(format!(
+        "rename {} to {}",
+        tmp.display(),
+        path.display()
+    )))
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {

@@ -1,6 +1,8 @@
 //! Daemon-side shipping: the daemon owns the engine, so `snapblk ship -n ID` runs here.
 //! One [`shipper::Scheduler`] per target URL (one volume to many targets), plus one-shot
-//! ships that answer once the point is committed.
+//! ships that answer once the point is committed. Schedules are saved in the run directory
+//! on every change, so a daemon restarted by `snapblk recover` after a crash resumes them
+//! (paused ones stay paused) instead of silently stopping the off-site copy.
 
 use crate::control::{ShipAction, ShipSecrets};
 use serde_json::{json, Value};
@@ -53,6 +55,18 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, String> {
 struct Job {
     sched: Scheduler,
     state_file: PathBuf,
+    interval: Duration,
+    paused: bool,
+    secrets: ShipSecrets,
+}
+
+/// A schedule as saved for a restarted daemon.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    url: String,
+    interval_ms: u64,
+    paused: bool,
+    secrets: ShipSecrets,
 }
 
 /// The device's shipping jobs.
@@ -60,20 +74,95 @@ pub struct Ships {
     engine: Arc<Engine>,
     store: PathBuf,
     jobs: Mutex<BTreeMap<String, Job>>,
+    /// Where the schedules are saved (none: not saved).
+    saved: Option<PathBuf>,
 }
 
 impl Ships {
-    /// No jobs yet for the engine whose store is at `store`.
-    pub fn new(engine: Arc<Engine>, store: PathBuf) -> Ships {
+    /// No jobs yet for the engine whose store is at `store`; schedules are saved to `saved`.
+    pub fn new(engine: Arc<Engine>, store: PathBuf, saved: Option<PathBuf>) -> Ships {
         Ships {
             engine,
             store,
             jobs: Mutex::new(BTreeMap::new()),
+            saved,
         }
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Job>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the current schedules to the save file. A failure is logged, not returned: the
+    /// schedules keep running, only a later restart would not resume them.
+    fn save(&self, jobs: &BTreeMap<String, Job>) {
+        let Some(path) = &self.saved else { return };
+        let list: Vec<Saved> = jobs
+            .iter()
+            .map(|(url, j)| Saved {
+                url: url.clone(),
+                interval_ms: j.interval.as_millis() as u64,
+                paused: j.paused,
+                secrets: j.secrets.clone(),
+            })
+            .collect();
+        let res = serde_json::to_vec_pretty(&list)
+            .map_err(|e| e.to_string())
+            .and_then(|d| crate::rundir::write_private(path, &d).map_err(|e| e.to_string()));
+        if let Err(e) = res {
+            tracing::warn!(file = %path.display(), error = %e, "cannot save the shipping schedules; a restarted daemon would not resume them");
+        }
+    }
+
+    /// Starts the schedules a previous daemon of this device saved (after `recover`); returns
+    /// how many run again. One that cannot start is logged and dropped.
+    pub fn resume_saved(&self) -> usize {
+        let Some(path) = &self.saved else { return 0 };
+        let data = match std::fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the saved shipping schedules");
+                return 0;
+            }
+        };
+        let list: Vec<Saved> = match serde_json::from_slice(&data) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "saved shipping schedules are unreadable; not resumed");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for s in list {
+            let interval = Duration::from_millis(s.interval_ms.max(1));
+            match self.start(&s.url, interval, s.secrets) {
+                Ok(_) => {
+                    if s.paused {
+                        if let Err(e) = self.control(&s.url, ShipAction::Pause) {
+                            tracing::warn!(url = %s.url, error = %e, "could not pause a resumed schedule");
+                        }
+                    }
+                    tracing::info!(url = %s.url, paused = s.paused, "shipping schedule resumed after restart");
+                    n += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(url = %s.url, error = %e, "saved shipping schedule could not be resumed");
+                }
+            }
+        }
+        n
+    }
+
+    /// Forgets any saved schedules (a new device reusing this id must not inherit them).
+    pub fn clear_saved(&self) {
+        if let Some(path) = &self.saved {
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove stale shipping schedules");
+                }
+            }
+        }
     }
 
     /// Ships one point to `url`; returns once it is committed.
@@ -129,14 +218,17 @@ impl Ships {
         secrets: ShipSecrets,
     ) -> Result<Value, String> {
         let mut jobs = self.jobs();
-        if let Some(job) = jobs.get(url) {
+        if let Some(job) = jobs.get_mut(url) {
             job.sched.set_interval(interval);
             job.sched.resume();
+            job.interval = interval;
+            job.paused = false;
+            self.save(&jobs);
             return Ok(
                 json!({ "url": url, "started": false, "interval_ms": interval.as_millis() as u64 }),
             );
         }
-        let target = open_target(url, secrets)?;
+        let target = open_target(url, secrets.clone())?;
         let state_file = ship_state_path(&self.store, url);
         let mut opts = ShipOptions::new(&state_file);
         // A schedule commits only when something changed, so an idle volume costs nothing.
@@ -153,8 +245,12 @@ impl Ships {
             Job {
                 sched,
                 state_file: state_file.clone(),
+                interval,
+                paused: false,
+                secrets,
             },
         );
+        self.save(&jobs);
         Ok(
             json!({ "url": url, "started": true, "interval_ms": interval.as_millis() as u64, "state_file": state_file }),
         )
@@ -171,6 +267,7 @@ impl Ships {
         }
         if action == ShipAction::Stop {
             if let Some(job) = jobs.remove(url) {
+                self.save(&jobs);
                 // Release the lock first: stopping waits for a ship in flight.
                 drop(jobs);
                 let stats = job.sched.stop();
@@ -178,14 +275,17 @@ impl Ships {
                 return Ok(json!({ "url": url, "action": "stop", "stats": to_json(&stats)? }));
             }
         }
-        let Some(job) = jobs.get(url) else {
+        let Some(job) = jobs.get_mut(url) else {
             return Err(format!("no continuous shipping to {url} in this daemon"));
         };
         match action {
             ShipAction::Pause => job.sched.pause(),
             ShipAction::Resume | ShipAction::Stop => job.sched.resume(),
         }
-        Ok(json!({ "url": url, "action": action, "stats": to_json(&job.sched.stats())? }))
+        job.paused = action == ShipAction::Pause;
+        let stats = to_json(&job.sched.stats())?;
+        self.save(&jobs);
+        Ok(json!({ "url": url, "action": action, "stats": stats }))
     }
 
     /// Every schedule with its statistics (last point, lag, throughput).
@@ -237,5 +337,56 @@ mod tests {
             name.starts_with("d.img.snapstore.ship-") && name.ends_with(".json"),
             "{name}"
         );
+    }
+
+    #[test]
+    fn schedules_are_saved_root_only_and_resumed_by_a_restarted_daemon() {
+        use snapmap::{BlockDev, MemDev, OpenOptions};
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let origin: Arc<dyn BlockDev> = Arc::new(MemDev::new("origin", 1 << 20, false));
+        let store: Arc<dyn BlockDev> = Arc::new(MemDev::new("store", 0, true));
+        let engine = Arc::new(Engine::format(origin, store, &OpenOptions::default()).unwrap());
+        let saved = t.path().join("ships.json");
+        let url = format!("file://{}", t.path().join("remote").display());
+        let secrets = ShipSecrets {
+            access_key: Some("AK".into()),
+            ..ShipSecrets::default()
+        };
+        let store_path = t.path().join("d.snapstore");
+        let a = Ships::new(engine.clone(), store_path.clone(), Some(saved.clone()));
+        a.start(&url, Duration::from_secs(3600), secrets.clone())
+            .unwrap();
+        a.control(&url, ShipAction::Pause).unwrap();
+        let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the save file holds secrets");
+        let text = std::fs::read_to_string(&saved).unwrap();
+        assert!(
+            text.contains(&url) && text.contains("3600000") && text.contains("\"paused\": true"),
+            "{text}"
+        );
+        a.stop_all();
+
+        // A restarted daemon: the schedule comes back, still paused, with its secrets.
+        let b = Ships::new(engine.clone(), store_path.clone(), Some(saved.clone()));
+        assert_eq!(b.resume_saved(), 1);
+        let st = b.status().unwrap();
+        assert_eq!(st[0]["url"], json!(url));
+        assert_eq!(
+            b.jobs().get(&url).map(|j| (j.paused, j.secrets == secrets)),
+            Some((true, true))
+        );
+        // Stopping it forgets it for the next restart too.
+        b.control(&url, ShipAction::Stop).unwrap();
+        let c = Ships::new(engine.clone(), store_path.clone(), Some(saved.clone()));
+        assert_eq!(c.resume_saved(), 0);
+        // A new device with this id starts clean.
+        b.start(&url, Duration::from_secs(3600), ShipSecrets::default())
+            .unwrap();
+        b.stop_all();
+        let d = Ships::new(engine, store_path, Some(saved.clone()));
+        d.clear_saved();
+        assert!(!saved.exists());
+        assert_eq!(d.resume_saved(), 0);
     }
 }

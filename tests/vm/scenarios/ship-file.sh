@@ -3,7 +3,8 @@
 # --once, rebuild the image from the remote and compare it with `export` of the same
 # snapshot; change files, ship an increment, rebuild both points; continuous shipping with
 # --interval shows lag in status, pause/resume/stop; remote verify; SIGKILL the daemon,
-# recover, ship again on the same chain.
+# recover, ship again on the same chain; a continuous schedule survives SIGKILL + recover
+# (running ones keep shipping, paused ones stay paused).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ -n ${SNAPBLK_BIN:-} ]] || { skip "ship-file" "no snapblk binary"; finish; }
@@ -100,6 +101,44 @@ kill_recover_ship() {
 }
 step "SIGKILL daemon, recover, change, ship again: latest equals export at4" kill_recover_ship
 step "remote verify after the crash" "$S" remote verify --from "$URL"
+
+URL2=file://$VM_SCRATCH/remote2
+points() { "$S" remote list --from "$URL2" | grep -cE '^ *[0-9]+ '; }
+# kill_recover: SIGKILL the device's daemon and `recover` it.
+kill_recover() {
+    local pid
+    pid=$(cat "/run/snapblk/$ID/pid") || return 1
+    kill -KILL "$pid" || return 1
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    "$S" recover -n "$ID"
+}
+schedule_survives() {
+    local before after
+    "$S" ship -n "$ID" --to "$URL2" --interval 1s || return 1
+    sleep 3
+    before=$(points) || return 1
+    echo "points before the crash: $before"
+    ((before >= 1)) || return 1
+    kill_recover || return 1
+    "$S" status -n "$ID" | tee "$VM_SCRATCH/ship-status2.txt"
+    grep -Eq "^ship +$URL2 running" "$VM_SCRATCH/ship-status2.txt" || { echo "schedule not resumed"; return 1; }
+    write_files five || return 1
+    for _ in $(seq 20); do
+        after=$(points)
+        ((after > before)) && break
+        sleep 1
+    done
+    echo "points after the crash: $after"
+    ((after > before)) || { echo "no new point after recovery"; return 1; }
+    "$S" ship -n "$ID" --to "$URL2" --pause || return 1
+    kill_recover || return 1
+    "$S" status -n "$ID" | grep -Eq "^ship +$URL2 paused" || { echo "paused schedule not resumed as paused"; return 1; }
+    "$S" ship -n "$ID" --to "$URL2" --stop || return 1
+    kill_recover || return 1
+    ! "$S" status -n "$ID" | grep -E '^ship '
+}
+step "a continuous schedule survives SIGKILL + recover (running keeps shipping, paused stays paused, stopped stays gone)" schedule_survives
+step "remote verify of the resumed schedule's points" "$S" remote verify --from "$URL2"
 
 tamper() {
     local seg
