@@ -20,7 +20,7 @@ GUEST_TOOLS="bash losetup blkdiscard blockdev wipefs mount umount mountpoint fin
   fallocate fsfreeze
   mke2fs mkfs.ext4 e2fsck fsck.ext4 dumpe2fs tune2fs
   mkfs.xfs xfs_repair xfs_io xfs_db
-  fio dmsetup timeout"
+  fio dmsetup timeout nohup od"
 
 stage=$(mktemp -d "${TMPDIR:-/tmp}/snapblk-vm-root.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
@@ -107,6 +107,19 @@ if [[ -x $snapblk ]]; then
     vm_log "guest gets snapblk from $snapblk"
 elif [[ -n ${SNAPBLK_BIN:-} ]]; then
     vm_die "SNAPBLK_BIN=$SNAPBLK_BIN is not an executable file"
+fi
+# Garage, the real S3 server, for the S3 shipping scenario (the guest has no network, so
+# the server runs in the guest on its loopback), with the helper that starts it.
+garage=${GARAGE_BIN:-$(command -v garage || true)}
+[[ -n $garage ]] || garage=$HOME/.cargo/bin/garage
+if [[ -x $garage ]]; then
+    cp "$garage" "$stage/usr/local/bin/garage"
+    stage_libs "$garage"
+    mkdir -p "$stage/snapblk/shipper/tests"
+    cp "$REPO_ROOT/shipper/tests/garage.sh" "$stage/snapblk/shipper/tests/garage.sh"
+    vm_log "guest gets garage from $garage"
+else
+    vm_log "no garage binary (scripts/garage.sh ensure): the S3 scenario will fail"
 fi
 for bin in ${VM_EXTRA_BINS:-}; do
     [[ -f $bin && -x $bin ]] || vm_die "VM_EXTRA_BINS entry $bin is not an executable file"
