@@ -57,20 +57,8 @@ impl DirectWrite<'_> {
             return;
         }
         self.done = true;
-        let e = self.engine;
-        for (i, crc) in self.crcs.iter().enumerate() {
-            let b = (self.b0 + i as u64) as u32;
-            if ok {
-                e.csum.put(b, *crc);
-            } else {
-                e.csum.forget(b);
-            }
-        }
-        if ok {
-            add(&e.counters.writes, 1);
-            add(&e.counters.write_bytes, self.len);
-            add(&e.counters.blocks_written, self.crcs.len() as u64);
-        }
+        self.engine
+            .settle(self.b0, &self.crcs, |_| true, ok, self.len);
     }
 }
 
@@ -375,23 +363,10 @@ impl CowWrite<'_> {
             return;
         }
         self.done = true;
-        let e = self.engine;
         let ok = ok && self.state == CowState::Writable;
-        for (i, crc) in self.crcs.iter().enumerate() {
-            let b = (self.b0 + i as u64) as u32;
-            if ok {
-                e.csum.put(b, *crc);
-            } else if self.write[i] {
-                e.csum.forget(b);
-            }
-        }
-        if ok {
-            let bs = e.bs as u64;
-            let written = self.write.iter().filter(|&&w| w).count() as u64;
-            add(&e.counters.writes, 1);
-            add(&e.counters.write_bytes, self.n as u64 * bs);
-            add(&e.counters.blocks_written, written);
-        }
+        let len = self.n as u64 * self.engine.bs as u64;
+        self.engine
+            .settle(self.b0, &self.crcs, |i| self.write[i], ok, len);
     }
 }
 
@@ -402,6 +377,30 @@ impl Drop for CowWrite<'_> {
 }
 
 impl Engine {
+    /// The bookkeeping after a caller-driven write of `len` bytes from block `b0` whose new
+    /// data has checksums `crcs`, of which the blocks `written` picks were to be written. On
+    /// success every block holds its new data: its checksum is recorded and the write counted.
+    /// On failure a block that was to be written may hold either version, so its checksum is
+    /// forgotten.
+    fn settle(&self, b0: u64, crcs: &[u32], written: impl Fn(usize) -> bool, ok: bool, len: u64) {
+        for (i, crc) in crcs.iter().enumerate() {
+            let b = (b0 + i as u64) as u32;
+            if ok {
+                self.csum.put(b, *crc);
+            } else if written(i) {
+                self.csum.forget(b);
+            }
+        }
+        if ok {
+            add(&self.counters.writes, 1);
+            add(&self.counters.write_bytes, len);
+            add(
+                &self.counters.blocks_written,
+                (0..crcs.len()).filter(|&i| written(i)).count() as u64,
+            );
+        }
+    }
+
     /// Admits `buf` at `off` as a copy-on-write the caller drives (see [`CowWrite`]): whole
     /// blocks, at most one write step, at least one block the newest snapshot still needs, no
     /// already-preserved block that might hold these bytes already, and every lock free right
