@@ -525,6 +525,8 @@ impl VmReport {
             "max_group_requests",
             "direct_writes",
             "direct_cow_writes",
+            "commit_batches_inline",
+            "commit_batches_thread",
         ];
         let mut rows = Vec::new();
         for (name, v) in &self.snapblk_status {

@@ -215,6 +215,10 @@ pub struct IoStats {
     /// Copy-on-write writes served on the queue thread (origin I/O on its
     /// ring, the preserve committed by the commit thread; included in `writes`).
     pub direct_cow_writes: AtomicU64,
+    /// Batches of preserves a queue committed itself (commits were quick).
+    pub commit_batches_inline: AtomicU64,
+    /// Batches of preserves handed to the commit thread.
+    pub commit_batches_thread: AtomicU64,
 }
 
 /// A point-in-time copy of [`IoStats`].
@@ -245,6 +249,12 @@ pub struct IoCounters {
     /// Copy-on-write writes served on the queue thread (included in `writes`).
     #[serde(default)]
     pub direct_cow_writes: u64,
+    /// Batches of preserves a queue committed itself.
+    #[serde(default)]
+    pub commit_batches_inline: u64,
+    /// Batches of preserves handed to the commit thread.
+    #[serde(default)]
+    pub commit_batches_thread: u64,
 }
 
 impl IoStats {
@@ -263,6 +273,8 @@ impl IoStats {
             direct_reads: l(&self.direct_reads),
             direct_writes: l(&self.direct_writes),
             direct_cow_writes: l(&self.direct_cow_writes),
+            commit_batches_inline: l(&self.commit_batches_inline),
+            commit_batches_thread: l(&self.commit_batches_thread),
         }
     }
 }

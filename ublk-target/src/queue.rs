@@ -9,8 +9,10 @@
 //!   its bookkeeping (read checksums, write locks held until completion);
 //! - **as a copy-on-write driven from the queue**, for a whole-block first
 //!   write after a snapshot ([`IoBackend::try_cow_write`]): the originals are
-//!   read on the ring, the preserve goes to the commit thread (which commits
-//!   everything queued meanwhile in one call), and only once it is durable
+//!   read on the ring, the preserves of one event-loop turn are committed in
+//!   one call — on the queue thread while commits are quicker than a thread
+//!   hand-off, else by the commit thread (which also takes everything queued
+//!   meanwhile) — and only once they are durable
 //!   are the origin writes issued on the ring — the ordering rule, with two
 //!   cross-thread hand-offs per batch instead of several per request;
 //! - **on the worker pool** for everything else (compare reads, partial
@@ -106,6 +108,28 @@ impl Local {
         }
         drop(p);
         let mut c = self.preserves.borrow_mut();
+        if c.is_empty() {
+            return;
+        }
+        let st = &self.ctx.stats;
+        if self.ctx.commits.inline_worthwhile() {
+            // Cheap commits: run this batch here (see worker::INLINE_COMMIT_MAX).
+            let jobs = std::mem::take(&mut *c);
+            drop(c);
+            let tags: Vec<u16> = jobs.iter().map(|j| j.tag).collect();
+            let start = std::time::Instant::now();
+            let res = self
+                .ctx
+                .backend
+                .commit_preserves(jobs.into_iter().map(|j| j.preserve).collect());
+            self.ctx.commits.record(start.elapsed());
+            st.commit_batches_inline.fetch_add(1, Ordering::Relaxed);
+            for (i, t) in tags.into_iter().enumerate() {
+                self.deliver(t, res.get(i).copied().unwrap_or(-libc::EIO));
+            }
+            return;
+        }
+        st.commit_batches_thread.fetch_add(1, Ordering::Relaxed);
         if let Err(jobs) = self.ctx.commits.submit_batch(&mut c) {
             for j in jobs {
                 self.deliver(j.tag, -libc::EIO);
