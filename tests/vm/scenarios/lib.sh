@@ -101,6 +101,18 @@ snapblk_create() {
     on_exit "$S" delete -n "$ID"
 }
 
+# snapblk_kill_daemon: SIGKILL the daemon serving device $ID and wait (5 s at most) until it
+# is gone; the device stays, for `recover`.
+snapblk_kill_daemon() {
+    local pid
+    pid=$(cat "/run/snapblk/$ID/pid") || return 1
+    echo "SIGKILL daemon $pid"
+    kill -KILL "$pid" || return 1
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    echo "daemon $pid still alive 5 s after SIGKILL"
+    return 1
+}
+
 finish() {
     ((T_FAILED > 0)) && snapblk_daemon_log
     echo "$T_PASSED passed, $T_FAILED failed"

@@ -86,11 +86,7 @@ step "--once while stopped works (nothing running)" ship_once 3
 step "remote verify: every point restorable" "$S" remote verify --from "$URL"
 
 kill_recover_ship() {
-    local pid
-    pid=$(cat "/run/snapblk/$ID/pid") || return 1
-    echo "SIGKILL daemon $pid"
-    kill -KILL "$pid" || return 1
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    snapblk_kill_daemon || return 1
     "$S" recover -n "$ID" || return 1
     write_files three || return 1
     "$S" snapshot create at4 -n "$ID" || return 1
@@ -105,13 +101,7 @@ step "remote verify after the crash" "$S" remote verify --from "$URL"
 URL2=file://$VM_SCRATCH/remote2
 points() { "$S" remote list --from "$URL2" | grep -cE '^ *[0-9]+ '; }
 # kill_recover: SIGKILL the device's daemon and `recover` it.
-kill_recover() {
-    local pid
-    pid=$(cat "/run/snapblk/$ID/pid") || return 1
-    kill -KILL "$pid" || return 1
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    "$S" recover -n "$ID"
-}
+kill_recover() { snapblk_kill_daemon && "$S" recover -n "$ID"; }
 schedule_survives() {
     local before after
     "$S" ship -n "$ID" --to "$URL2" --interval 1s || return 1

@@ -61,14 +61,12 @@ bad_creds() {
 step "a wrong secret key fails with a clear error and commits nothing" bad_creds
 
 continuous_survives() {
-    local before after pid
+    local before after
     "$S" ship -n "$ID" --to "$URL" --interval 1s || return 1
     pattern_write "$DEV" s3b 1024 256 || return 1
     sleep 3
     before=$(points) || return 1
-    pid=$(cat "/run/snapblk/$ID/pid") || return 1
-    kill -KILL "$pid" || return 1
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    snapblk_kill_daemon || return 1
     # The new daemon has only the saved schedule's credentials: none in this call.
     env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY "$S" recover -n "$ID" || return 1
     "$S" status -n "$ID" | grep -E "^ship +$URL running" || { echo "schedule not resumed"; return 1; }
