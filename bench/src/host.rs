@@ -494,13 +494,10 @@ impl<'a> Rig<'a> {
                         .with_context(|| format!("create snapshot {name}"))?;
                 } else {
                     // Without a snapshot the engine compares only where its checksum table
-                    // says the bytes may be equal; reading the blocks first is what puts them
-                    // there (as any earlier write or read would).
-                    par(s.cfg.threads, blocks.len(), BS, |i, buf| {
-                        s.engine
-                            .read(blocks[i] * BS as u64, buf)
-                            .with_context(|| format!("engine read of block {}", blocks[i]))
-                    })?;
+                    // says the bytes may be equal, and only writes feed that table (reads do
+                    // not): write the blocks' current bytes once, untimed, as any earlier
+                    // write of them would have.
+                    s.engine_writes(&blocks, None)?;
                 }
                 let r = s.engine_writes(&blocks, None)?;
                 if snap {

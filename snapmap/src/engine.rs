@@ -651,7 +651,6 @@ impl Engine {
         self.origin
             .read_at(buf, off)
             .map_err(|e| self.origin_err("read", e))?;
-        self.note_read(off, buf);
         Ok(())
     }
 

@@ -28,8 +28,6 @@ pub trait IoBackend: Send + Sync {
     fn origin_fd(&self) -> Option<RawFd> {
         None
     }
-    /// Records what a direct read of `buf.len()` bytes at `off` returned.
-    fn note_read(&self, _off: u64, _buf: &[u8]) {}
     /// Admits `buf` at `off` as a plain origin write the caller issues itself
     /// on [`IoBackend::origin_fd`], without ever blocking; the returned
     /// closure must be called with the write's outcome (`true`: every byte
@@ -82,9 +80,6 @@ impl IoBackend for snapmap::Engine {
     }
     fn origin_fd(&self) -> Option<RawFd> {
         snapmap::Engine::origin_fd(self)
-    }
-    fn note_read(&self, off: u64, buf: &[u8]) {
-        snapmap::Engine::note_read(self, off, buf)
     }
     fn try_direct_write<'a>(&'a self, off: u64, buf: &[u8]) -> Option<DirectDone<'a>> {
         let w = snapmap::Engine::try_direct_write(self, off, buf)?;

@@ -335,9 +335,6 @@ async fn direct_read(local: &Local, slot: &TagSlot, off: u64, len: u32) -> Optio
     if r != len as i32 {
         return None;
     }
-    // SAFETY: the tag's buffer is ours until the commit; `len` fits in it (decode).
-    let data = unsafe { std::slice::from_raw_parts(slot.buf().as_mut_ptr(), len as usize) };
-    local.ctx.backend.note_read(off, data);
     let s = &local.ctx.stats;
     s.reads.fetch_add(1, Ordering::Relaxed);
     s.direct_reads.fetch_add(1, Ordering::Relaxed);
