@@ -19,6 +19,7 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 mod error;
+mod inbox;
 pub mod io_op;
 pub mod privilege;
 pub mod queue;

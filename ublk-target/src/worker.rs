@@ -13,13 +13,13 @@
 //!   list was empty, so completions that pile up while the queue thread is
 //!   busy cost one wake-up, not one each.
 
+use crate::inbox::Inbox;
 use crate::io_op::{execute, IoBackend, IoRequest, IoStats};
 use libublk::helpers::IoBuf;
 use std::cell::UnsafeCell;
-use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// A tag's data buffer, shared between a queue thread and the workers.
@@ -139,24 +139,10 @@ pub struct Job {
     pub done: Arc<Completions>,
 }
 
-struct PoolState {
-    jobs: VecDeque<Job>,
-    /// Workers waiting on the condvar.
-    idle: usize,
-    /// Notifications sent to idle workers that have not woken yet.
-    signalled: usize,
-    closed: bool,
-}
-
-struct Shared {
-    state: Mutex<PoolState>,
-    cv: Condvar,
-}
-
 /// Cheap handle the queue threads use to submit jobs.
 #[derive(Clone)]
 pub struct PoolHandle {
-    shared: Arc<Shared>,
+    inbox: Arc<Inbox<Job>>,
 }
 
 impl PoolHandle {
@@ -164,32 +150,14 @@ impl PoolHandle {
     /// workers as needed. Fails, handing the jobs back, only when the pool
     /// has shut down.
     pub fn submit_batch(&self, jobs: &mut Vec<Job>) -> Result<(), Vec<Job>> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let n = jobs.len();
-        let wake = {
-            let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            if s.closed {
-                return Err(std::mem::take(jobs));
-            }
-            s.jobs.extend(jobs.drain(..));
-            let free = s.idle.saturating_sub(s.signalled);
-            let wake = n.min(free);
-            s.signalled += wake;
-            wake
-        };
-        for _ in 0..wake {
-            self.shared.cv.notify_one();
-        }
-        Ok(())
+        self.inbox.push(jobs)
     }
 }
 
 /// The running pool; dropping it (after every queue has stopped) lets the
 /// workers finish what is queued and joins them.
 pub struct WorkerPool {
-    shared: Arc<Shared>,
+    inbox: Arc<Inbox<Job>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -200,28 +168,19 @@ impl WorkerPool {
         backend: Arc<dyn IoBackend>,
         stats: Arc<IoStats>,
     ) -> std::io::Result<WorkerPool> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(PoolState {
-                jobs: VecDeque::new(),
-                idle: 0,
-                signalled: 0,
-                closed: false,
-            }),
-            cv: Condvar::new(),
-        });
         let mut pool = WorkerPool {
-            shared: shared.clone(),
+            inbox: Arc::new(Inbox::new()),
             threads: Vec::with_capacity(n.max(1)),
         };
         for i in 0..n.max(1) {
-            let shared = shared.clone();
+            let inbox = pool.inbox.clone();
             let backend = backend.clone();
             let stats = stats.clone();
             // On error `pool` drops here, which stops the workers already started.
             pool.threads.push(
                 std::thread::Builder::new()
                     .name(format!("snapblk-io-{i}"))
-                    .spawn(move || worker_loop(&shared, &*backend, &stats))?,
+                    .spawn(move || worker_loop(&inbox, &*backend, &stats))?,
             );
         }
         Ok(pool)
@@ -230,51 +189,30 @@ impl WorkerPool {
     /// A submit handle for a queue thread.
     pub fn handle(&self) -> PoolHandle {
         PoolHandle {
-            shared: self.shared.clone(),
+            inbox: self.inbox.clone(),
         }
     }
 }
 
 impl Drop for WorkerPool {
     fn drop(&mut self) {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .closed = true;
-        self.shared.cv.notify_all();
-        for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                tracing::error!("an engine worker panicked");
-            }
-        }
+        self.inbox
+            .close_and_join(&mut self.threads, "an engine worker");
     }
 }
 
-fn worker_loop(shared: &Shared, backend: &dyn IoBackend, stats: &IoStats) {
-    loop {
-        let job = {
-            let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            loop {
-                if let Some(j) = s.jobs.pop_front() {
-                    break j;
-                }
-                if s.closed {
-                    return;
-                }
-                s.idle += 1;
-                s = shared.cv.wait(s).unwrap_or_else(|p| p.into_inner());
-                s.idle -= 1;
-                s.signalled = s.signalled.saturating_sub(1);
-            }
-        };
-        let buf_len = job.slot.buf.len();
-        // SAFETY: the slot's buffer belongs to this worker until its
-        // completion is pushed (see TagSlot); the IoBuf allocation is
-        // `buf_len` bytes.
-        let buf = unsafe { std::slice::from_raw_parts_mut(job.slot.buf.as_mut_ptr(), buf_len) };
-        let res = execute(backend, job.req, buf, stats);
-        job.done.push(job.tag, res);
+fn worker_loop(inbox: &Inbox<Job>, backend: &dyn IoBackend, stats: &IoStats) {
+    let mut next = Vec::with_capacity(1);
+    while inbox.take(&mut next, 1) {
+        for job in next.drain(..) {
+            let buf_len = job.slot.buf.len();
+            // SAFETY: the slot's buffer belongs to this worker until its
+            // completion is pushed (see TagSlot); the IoBuf allocation is
+            // `buf_len` bytes.
+            let buf = unsafe { std::slice::from_raw_parts_mut(job.slot.buf.as_mut_ptr(), buf_len) };
+            let res = execute(backend, job.req, buf, stats);
+            job.done.push(job.tag, res);
+        }
     }
 }
 
@@ -288,14 +226,8 @@ pub struct PreserveJob {
     pub done: Arc<Completions>,
 }
 
-struct CommitState {
-    jobs: Vec<PreserveJob>,
-    closed: bool,
-}
-
 struct CommitShared {
-    state: Mutex<CommitState>,
-    cv: Condvar,
+    inbox: Inbox<PreserveJob>,
     /// Recent commit duration in ns (moving average over about 8 commits, wherever they ran).
     recent_ns: AtomicU64,
 }
@@ -317,7 +249,7 @@ pub const INLINE_COMMIT_MAX: std::time::Duration = std::time::Duration::from_mil
 /// The commit path itself never waits for a block lock or the gate.
 pub struct CommitThread {
     shared: Arc<CommitShared>,
-    thread: Option<JoinHandle<()>>,
+    thread: Vec<JoinHandle<()>>,
 }
 
 /// Cheap handle the queue threads use to hand preserves to the [`CommitThread`].
@@ -341,18 +273,7 @@ impl CommitHandle {
     /// Queues every job in `jobs` (leaving it empty) and wakes the commit thread. Fails,
     /// handing the jobs back, only after shutdown.
     pub fn submit_batch(&self, jobs: &mut Vec<PreserveJob>) -> Result<(), Vec<PreserveJob>> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        {
-            let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            if s.closed {
-                return Err(std::mem::take(jobs));
-            }
-            s.jobs.append(jobs);
-        }
-        self.shared.cv.notify_one();
-        Ok(())
+        self.shared.inbox.push(jobs)
     }
 }
 
@@ -370,11 +291,7 @@ impl CommitThread {
     /// Starts the commit thread for `backend`.
     pub fn start(backend: Arc<dyn IoBackend>) -> std::io::Result<CommitThread> {
         let shared = Arc::new(CommitShared {
-            state: Mutex::new(CommitState {
-                jobs: Vec::new(),
-                closed: false,
-            }),
-            cv: Condvar::new(),
+            inbox: Inbox::new(),
             recent_ns: AtomicU64::new(0),
         });
         let s2 = shared.clone();
@@ -383,7 +300,7 @@ impl CommitThread {
             .spawn(move || commit_loop(&s2, &*backend))?;
         Ok(CommitThread {
             shared,
-            thread: Some(thread),
+            thread: vec![thread],
         })
     }
 
@@ -398,32 +315,15 @@ impl CommitThread {
 impl Drop for CommitThread {
     fn drop(&mut self) {
         self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .closed = true;
-        self.shared.cv.notify_all();
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("the commit thread panicked");
-            }
-        }
+            .inbox
+            .close_and_join(&mut self.thread, "the commit thread");
     }
 }
 
 fn commit_loop(shared: &CommitShared, backend: &dyn IoBackend) {
     let mut batch = Vec::new();
-    loop {
-        {
-            let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            while s.jobs.is_empty() {
-                if s.closed {
-                    return;
-                }
-                s = shared.cv.wait(s).unwrap_or_else(|p| p.into_inner());
-            }
-            std::mem::swap(&mut s.jobs, &mut batch);
-        }
+    // Everything queued while the last commit ran goes into the next one.
+    while shared.inbox.take(&mut batch, usize::MAX) {
         let mut targets = Vec::with_capacity(batch.len());
         let preserves = batch
             .drain(..)

@@ -35,13 +35,8 @@ use std::sync::RwLockReadGuard;
 /// An admitted origin write (see the module docs). Dropping it without [`DirectWrite::finish`]
 /// counts as a failed write.
 pub struct DirectWrite<'a> {
-    engine: &'a Engine,
-    _locks: RangeGuard<'a>,
-    _gate: RwLockReadGuard<'a, ()>,
-    b0: u64,
+    held: Held<'a>,
     len: u64,
-    crcs: Vec<u32>,
-    done: bool,
 }
 
 impl DirectWrite<'_> {
@@ -49,35 +44,47 @@ impl DirectWrite<'_> {
     /// remembered and the write is counted; on failure their checksums are forgotten (the
     /// origin may hold either version). Releases the locks.
     pub fn finish(mut self, ok: bool) {
-        self.record(ok);
-    }
-
-    fn record(&mut self, ok: bool) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        self.engine
-            .settle(self.b0, &self.crcs, |_| true, ok, self.len);
+        self.held.settle(|_| true, ok, self.len);
     }
 }
 
-impl Drop for DirectWrite<'_> {
-    fn drop(&mut self) {
-        self.record(false);
-    }
-}
-
-/// A write [`Engine::admit`] let through, with its locks.
-struct Admission<'a> {
-    gate: RwLockReadGuard<'a, ()>,
-    locks: RangeGuard<'a>,
+/// What a caller-driven write holds from admission until it is settled: the snapshot gate, its
+/// block locks, and its new data's checksums. Dropped unsettled (the caller gave up midway), it
+/// forgets every block's checksum, since the origin may hold either version: forgetting is
+/// always safe, it only costs a later compare.
+struct Held<'a> {
+    engine: &'a Engine,
+    _gate: RwLockReadGuard<'a, ()>,
+    _locks: RangeGuard<'a>,
     b0: u64,
+    /// crc32 of each block's new data.
+    crcs: Vec<u32>,
+    settled: bool,
+}
+
+impl Held<'_> {
+    /// [`Engine::settle`], once; the locks go when `self` does.
+    fn settle(&mut self, written: impl Fn(usize) -> bool, ok: bool, len: u64) {
+        if !self.settled {
+            self.settled = true;
+            self.engine.settle(self.b0, &self.crcs, written, ok, len);
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.settle(|_| true, false, 0);
+    }
+}
+
+/// A write [`Engine::admit`] let through.
+struct Admission<'a> {
+    held: Held<'a>,
     n: usize,
     /// The newest snapshot (0 when there is none).
     snap: u64,
     need: Vec<bool>,
-    crcs: Vec<u32>,
 }
 
 impl Engine {
@@ -105,13 +112,8 @@ impl Engine {
     pub fn try_direct_write(&self, off: u64, buf: &[u8]) -> Option<DirectWrite<'_>> {
         let a = self.admit(off, buf, false)?;
         Some(DirectWrite {
-            engine: self,
-            _locks: a.locks,
-            _gate: a.gate,
-            b0: a.b0,
+            held: a.held,
             len: buf.len() as u64,
-            crcs: a.crcs,
-            done: false,
         })
     }
 
@@ -168,13 +170,17 @@ impl Engine {
             return None;
         }
         Some(Admission {
-            gate,
-            locks,
-            b0,
+            held: Held {
+                engine: self,
+                _gate: gate,
+                _locks: locks,
+                b0,
+                crcs,
+                settled: false,
+            },
             n,
             snap,
             need,
-            crcs,
         })
     }
 }
@@ -196,22 +202,16 @@ enum CowState {
 /// write's block locks and the snapshot gate until finished; dropping it without
 /// [`CowWrite::finish`] counts as a failed write.
 pub struct CowWrite<'a> {
-    engine: &'a Engine,
-    _locks: RangeGuard<'a>,
-    _gate: RwLockReadGuard<'a, ()>,
-    b0: u64,
+    held: Held<'a>,
     n: usize,
     snap: u64,
     /// Blocks the newest snapshot still needs (their originals must be read and preserved).
     need: Vec<bool>,
     /// Blocks to write to the origin (cleared for a needed block found to hold the new bytes).
     write: Vec<bool>,
-    /// crc32 of each block's new data.
-    crcs: Vec<u32>,
     /// The originals of the needed blocks, at their block index.
     old: Scratch,
     state: CowState,
-    done: bool,
 }
 
 /// The originals one [`CowWrite`] preserves, ready to be committed by
@@ -240,7 +240,7 @@ pub struct Span {
 
 impl CowWrite<'_> {
     fn spans(&self, pick: impl Fn(usize) -> bool) -> Vec<Span> {
-        let bs = self.engine.bs as usize;
+        let bs = self.held.engine.bs as usize;
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.n {
@@ -253,7 +253,7 @@ impl CowWrite<'_> {
                 j += 1;
             }
             out.push(Span {
-                off: (self.b0 + i as u64) * bs as u64,
+                off: (self.held.b0 + i as u64) * bs as u64,
                 at: i * bs,
                 len: (j - i) * bs,
             });
@@ -281,8 +281,8 @@ impl CowWrite<'_> {
         if self.state != CowState::Reading {
             return None;
         }
-        let bs = self.engine.bs as usize;
-        let e = self.engine;
+        let bs = self.held.engine.bs as usize;
+        let e = self.held.engine;
         add(
             &e.counters.compare_reads,
             self.need.iter().filter(|&&x| x).count() as u64,
@@ -293,7 +293,7 @@ impl CowWrite<'_> {
             let blk = i * bs..(i + 1) * bs;
             let crc = crc32fast::hash(&self.old[blk.clone()]);
             // Different checksums prove different bytes: compare only when they match.
-            if crc == self.crcs[i] && self.old[blk.clone()] == new[blk] {
+            if crc == self.held.crcs[i] && self.old[blk.clone()] == new[blk] {
                 self.write[i] = false;
                 add(&e.counters.blocks_skipped, 1);
                 continue;
@@ -310,7 +310,10 @@ impl CowWrite<'_> {
             req: Request {
                 meta: Vec::new(),
                 snap: self.snap,
-                blocks: at.iter().map(|&i| (self.b0 + i as u64) as u32).collect(),
+                blocks: at
+                    .iter()
+                    .map(|&i| (self.held.b0 + i as u64) as u32)
+                    .collect(),
                 crcs,
                 at,
                 data: std::mem::replace(&mut self.old, Scratch::take(0)),
@@ -342,24 +345,10 @@ impl CowWrite<'_> {
     /// Records the outcome of the caller's origin writes (`true`: every span written in full):
     /// the blocks' checksums are remembered, or forgotten after a failure. Releases the locks.
     pub fn finish(mut self, ok: bool) {
-        self.record(ok);
-    }
-
-    fn record(&mut self, ok: bool) {
-        if self.done {
-            return;
-        }
-        self.done = true;
         let ok = ok && self.state == CowState::Writable;
-        let len = self.n as u64 * self.engine.bs as u64;
-        self.engine
-            .settle(self.b0, &self.crcs, |i| self.write[i], ok, len);
-    }
-}
-
-impl Drop for CowWrite<'_> {
-    fn drop(&mut self) {
-        self.record(false);
+        let len = self.n as u64 * self.held.engine.bs as u64;
+        let write = &self.write;
+        self.held.settle(|i| write[i], ok, len);
     }
 }
 
@@ -396,18 +385,13 @@ impl Engine {
     pub fn try_cow_write(&self, off: u64, buf: &[u8]) -> Option<CowWrite<'_>> {
         let a = self.admit(off, buf, true)?;
         Some(CowWrite {
-            engine: self,
-            _locks: a.locks,
-            _gate: a.gate,
-            b0: a.b0,
+            held: a.held,
             n: a.n,
             snap: a.snap,
             write: vec![true; a.n],
             need: a.need,
-            crcs: a.crcs,
             old: Scratch::take(a.n * self.bs as usize),
             state: CowState::Reading,
-            done: false,
         })
     }
 
