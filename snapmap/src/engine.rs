@@ -654,16 +654,21 @@ impl Engine {
         Ok(())
     }
 
-    fn read_slot(&self, r: SlotRef, out: &mut [u8], block: u64) -> Result<()> {
+    /// Reads `out.len()` bytes of the store from slot `slot` on.
+    fn read_store(&self, out: &mut [u8], slot: u64) -> Result<()> {
         self.store_dev
-            .read_at(out, r.slot * self.bs as u64)
+            .read_at(out, slot * self.bs as u64)
             .map_err(|e| {
                 Error::io(
-                    format!("read preserved block from store {}", self.store_name),
+                    format!("read preserved blocks from store {}", self.store_name),
                     e,
                 )
-            })?;
-        if crc32fast::hash(out) != r.crc {
+            })
+    }
+
+    /// Whether `bytes`, read from slot `r`, are the preserved copy of `block` it recorded.
+    fn check_slot(&self, bytes: &[u8], r: SlotRef, block: u64) -> Result<()> {
+        if crc32fast::hash(bytes) != r.crc {
             return Err(Error::Corrupt {
                 store: self.store_name.clone(),
                 detail: format!(
@@ -673,6 +678,11 @@ impl Engine {
             });
         }
         Ok(())
+    }
+
+    fn read_slot(&self, r: SlotRef, out: &mut [u8], block: u64) -> Result<()> {
+        self.read_store(out, r.slot)?;
+        self.check_slot(out, r, block)
     }
 
     /// Reads the preserved copies `refs[i]` (where present) into `img` at block `i` (block
@@ -693,60 +703,25 @@ impl Engine {
             while j < order.len() && order[j].1.slot == order[j - 1].1.slot + 1 {
                 j += 1;
             }
+            let run = &order[k..j];
             // Consecutive slots holding consecutive blocks (a delta written by large writes):
-            // read straight into place.
-            let in_place = order[k..j].windows(2).all(|w| w[1].0 == w[0].0 + 1);
-            if j - k == 1 {
-                let (i, r) = order[k];
-                self.read_slot(r, &mut img[i * bs..(i + 1) * bs], b0 + i as u64)?;
-            } else if in_place {
-                let (i0, first) = order[k];
-                let dst = &mut img[i0 * bs..(i0 + j - k) * bs];
-                self.store_dev
-                    .read_at(dst, first.slot * bs as u64)
-                    .map_err(|e| {
-                        Error::io(
-                            format!("read preserved blocks from store {}", self.store_name),
-                            e,
-                        )
-                    })?;
-                for (m, &(i, r)) in order[k..j].iter().enumerate() {
-                    if crc32fast::hash(&dst[m * bs..(m + 1) * bs]) != r.crc {
-                        return Err(Error::Corrupt {
-                            store: self.store_name.clone(),
-                            detail: format!(
-                                "preserved copy of block {} in slot {} fails its checksum",
-                                b0 + i as u64,
-                                r.slot
-                            ),
-                        });
-                    }
+            // read straight into place; otherwise read the run once and scatter it.
+            let in_place = run.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+            let (i0, first) = run[0];
+            if in_place {
+                let dst = &mut img[i0 * bs..(i0 + run.len()) * bs];
+                self.read_store(dst, first.slot)?;
+                for (m, &(i, r)) in run.iter().enumerate() {
+                    self.check_slot(&dst[m * bs..(m + 1) * bs], r, b0 + i as u64)?;
                 }
             } else {
-                if tmp.len() < (j - k) * bs {
-                    tmp = Scratch::take((j - k) * bs);
+                if tmp.len() < run.len() * bs {
+                    tmp = Scratch::take(run.len() * bs);
                 }
-                let first = order[k].1.slot;
-                self.store_dev
-                    .read_at(&mut tmp[..(j - k) * bs], first * bs as u64)
-                    .map_err(|e| {
-                        Error::io(
-                            format!("read preserved blocks from store {}", self.store_name),
-                            e,
-                        )
-                    })?;
-                for (m, &(i, r)) in order[k..j].iter().enumerate() {
+                self.read_store(&mut tmp[..run.len() * bs], first.slot)?;
+                for (m, &(i, r)) in run.iter().enumerate() {
                     let bytes = &tmp[m * bs..(m + 1) * bs];
-                    if crc32fast::hash(bytes) != r.crc {
-                        return Err(Error::Corrupt {
-                            store: self.store_name.clone(),
-                            detail: format!(
-                                "preserved copy of block {} in slot {} fails its checksum",
-                                b0 + i as u64,
-                                r.slot
-                            ),
-                        });
-                    }
+                    self.check_slot(bytes, r, b0 + i as u64)?;
                     img[i * bs..(i + 1) * bs].copy_from_slice(bytes);
                 }
             }
