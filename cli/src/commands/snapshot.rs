@@ -14,50 +14,56 @@ fn no_progress() -> impl FnMut(u64, u64) + Send {
     |_, _| {}
 }
 
+/// Runs one quick request on a device or store and prints its answer: the JSON with `--json`,
+/// else what `say` makes of it.
+fn quick(
+    target: &crate::args::Target,
+    access: Access,
+    req: Request,
+    json: bool,
+    say: impl FnOnce(&Value),
+) -> Result<()> {
+    let s = Session::open(target, access)?;
+    let v = s.request(req, &mut no_progress())?;
+    s.close()?;
+    if json {
+        output::json(&v);
+    } else {
+        say(&v);
+    }
+    Ok(())
+}
+
 /// `snapshot ...`.
 pub fn snapshot(cmd: SnapshotCommand) -> Result<()> {
     match cmd {
-        SnapshotCommand::Create { name, target, json } => {
-            let s = Session::open(&target, Access::ReadWrite)?;
-            let v = s.request(
-                Request::SnapshotCreate { name: name.clone() },
-                &mut no_progress(),
-            )?;
-            s.close()?;
-            if json {
-                output::json(&v);
-            } else {
+        SnapshotCommand::Create { name, target, json } => quick(
+            &target,
+            Access::ReadWrite,
+            Request::SnapshotCreate { name: name.clone() },
+            json,
+            |v| {
                 println!(
                     "created snapshot {name} (id {})",
                     v.get("id").and_then(Value::as_u64).unwrap_or(0)
-                );
-            }
-        }
-        SnapshotCommand::List { target, json } => {
-            let s = Session::open(&target, Access::ReadOnly)?;
-            let v = s.request(Request::SnapshotList, &mut no_progress())?;
-            s.close()?;
-            if json {
-                output::json(&v);
-            } else {
-                output::snapshots(&v);
-            }
-        }
-        SnapshotCommand::Delete { name, target, json } => {
-            let s = Session::open(&target, Access::ReadWrite)?;
-            let v = s.request(
-                Request::SnapshotDelete { name: name.clone() },
-                &mut no_progress(),
-            )?;
-            s.close()?;
-            if json {
-                output::json(&v);
-            } else {
-                println!("deleted snapshot {name}");
-            }
-        }
+                )
+            },
+        ),
+        SnapshotCommand::List { target, json } => quick(
+            &target,
+            Access::ReadOnly,
+            Request::SnapshotList,
+            json,
+            output::snapshots,
+        ),
+        SnapshotCommand::Delete { name, target, json } => quick(
+            &target,
+            Access::ReadWrite,
+            Request::SnapshotDelete { name: name.clone() },
+            json,
+            |_| println!("deleted snapshot {name}"),
+        ),
     }
-    Ok(())
 }
 
 /// `restore`.
