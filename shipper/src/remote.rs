@@ -371,36 +371,29 @@ fn restore_into(
     let tip = chain[0];
     let bs = tip.block_size as u64;
     let total: u64 = chain.iter().map(|m| m.segments.len() as u64).sum();
-    let mut done = RoaringBitmap::new();
     let (mut written, mut segs, mut bytes) = (0u64, 0u64, 0u64);
     progress(0, total);
-    // Newest first: the first record seen for a block is its content at the chosen point.
-    for m in chain {
-        for i in 0..m.segments.len() {
-            let (seg, len) = fetch_segment(target, m, i, nblocks)?;
-            bytes += len;
-            for rec in seg.records() {
-                let (block, data) = match rec {
-                    Record::Data(b, d) => (b, Some(d)),
-                    Record::Zero(b) => (b, None),
-                };
-                if block >= nblocks || !done.insert(block as u32) {
-                    continue;
-                }
-                if let Some(d) = data {
-                    let off = block * bs;
-                    let len = (bs.min(tip.volume_size - off)) as usize;
-                    file.write_all_at(&d[..len], off)
-                        .map_err(|e| Error::io(path, "write restored block", e))?;
-                    written += 1;
-                } else if zero_fill {
-                    write_zero(file, path, block, bs, tip.volume_size)?;
-                }
+    let done = newest_records(target, chain, nblocks, |seen| {
+        match seen {
+            Seen::Block(block, Some(d)) => {
+                let off = block * bs;
+                let len = (bs.min(tip.volume_size - off)) as usize;
+                file.write_all_at(&d[..len], off)
+                    .map_err(|e| Error::io(path, "write restored block", e))?;
+                written += 1;
             }
-            segs += 1;
-            progress(segs, total);
+            Seen::Block(block, None) if zero_fill => {
+                write_zero(file, path, block, bs, tip.volume_size)?;
+            }
+            Seen::Block(_, None) => {}
+            Seen::Segment(len) => {
+                bytes += len;
+                segs += 1;
+                progress(segs, total);
+            }
         }
-    }
+        Ok(())
+    })?;
     if zero_fill {
         // A device is not fresh like a new sparse file: blank what the chain never names.
         for block in 0..nblocks {
@@ -410,6 +403,42 @@ fn restore_into(
         }
     }
     Ok((written, segs, bytes))
+}
+
+/// What [`newest_records`] reports, in chain order.
+enum Seen<'a> {
+    /// A block's newest record in the chain (its content at the tip): its bytes, or `None` for
+    /// zeroes.
+    Block(u64, Option<&'a [u8]>),
+    /// A segment was read through (its size in bytes).
+    Segment(u64),
+}
+
+/// Walks `chain` newest first and reports each block below `nblocks` once, at its first
+/// (newest) record, which is its content at the chain's tip. Returns the blocks reported.
+fn newest_records(
+    target: &dyn Target,
+    chain: &[&Manifest],
+    nblocks: u64,
+    mut each: impl FnMut(Seen<'_>) -> Result<()>,
+) -> Result<RoaringBitmap> {
+    let mut done = RoaringBitmap::new();
+    for m in chain {
+        for i in 0..m.segments.len() {
+            let (seg, len) = fetch_segment(target, m, i, nblocks)?;
+            for rec in seg.records() {
+                let (block, data) = match rec {
+                    Record::Data(b, d) => (b, Some(d)),
+                    Record::Zero(b) => (b, None),
+                };
+                if block < nblocks && done.insert(block as u32) {
+                    each(Seen::Block(block, data))?;
+                }
+            }
+            each(Seen::Segment(len))?;
+        }
+    }
+    Ok(done)
 }
 
 fn write_zero(file: &File, path: &Path, block: u64, bs: u64, size: u64) -> Result<()> {
@@ -612,7 +641,6 @@ fn merge_base(
     let tip = chain[0];
     let gen = tip.gen + 1;
     let nblocks = tip.nblocks();
-    let mut done = RoaringBitmap::new();
     let mut builder = SegmentBuilder::new(tip.block_size);
     let mut table = Vec::new();
     let mut data_blocks = 0u64;
@@ -628,28 +656,17 @@ fn merge_base(
             table.push(seg.info);
             Ok(())
         };
-    for m in &chain {
-        for i in 0..m.segments.len() {
-            let (seg, _) = fetch_segment(target, m, i, nblocks)?;
-            for rec in seg.records() {
-                let (block, data) = match rec {
-                    Record::Data(b, d) => (b, Some(d)),
-                    Record::Zero(b) => (b, None),
-                };
-                if block >= nblocks || !done.insert(block as u32) {
-                    continue;
-                }
-                // A full base is sparse: a block whose newest record is zero is simply absent.
-                if let Some(d) = data {
-                    builder.push(block, d);
-                    data_blocks += 1;
-                    if builder.body_len() >= format::DEFAULT_SEGMENT_BYTES {
-                        flush(&mut builder, &mut table)?;
-                    }
-                }
+    // A full base is sparse: a block whose newest record is zero is simply absent.
+    newest_records(target, &chain, nblocks, |seen| {
+        if let Seen::Block(block, Some(d)) = seen {
+            builder.push(block, d);
+            data_blocks += 1;
+            if builder.body_len() >= format::DEFAULT_SEGMENT_BYTES {
+                flush(&mut builder, &mut table)?;
             }
         }
-    }
+        Ok(())
+    })?;
     if builder.records() > 0 {
         flush(&mut builder, &mut table)?;
     }
