@@ -22,7 +22,11 @@ pub const TARGETS: &[(&str, &str)] = &[
     ("loop-dio", "kernel loop device, --direct-io=on (reference)"),
     (
         "libublk-loop",
-        "libublk 0.4.8 `loop` example (ublk baseline)",
+        "libublk 0.4.8 `loop` example (ublk baseline; its default synchronous handler)",
+    ),
+    (
+        "libublk-loop-async",
+        "the same example with `-a`: one async task per tag, snapblk's execution model (reference)",
     ),
     (
         "dm-snap",
@@ -46,6 +50,25 @@ fn comparisons() -> Vec<(&'static str, &'static str, &'static str, Target)> {
         ("snapblk", "libublk-loop", "randwrite-4k", min(0.9)),
         ("snapblk", "libublk-loop", "randread-4k", min(0.9)),
         ("snapblk", "libublk-loop", "seqwrite-1m", Target::Info),
+        (
+            "snapblk",
+            "libublk-loop-async",
+            "randwrite-4k",
+            Target::Info,
+        ),
+        ("snapblk", "libublk-loop-async", "randread-4k", Target::Info),
+        (
+            "libublk-loop-async",
+            "libublk-loop",
+            "randwrite-4k",
+            Target::Info,
+        ),
+        (
+            "libublk-loop-async",
+            "libublk-loop",
+            "randread-4k",
+            Target::Info,
+        ),
         ("snapblk-cow", "dm-snap", "randwrite-4k", min(1.0)),
         ("snapblk-cow", "dm-snap", "seqwrite-1m", min(1.0)),
         ("snapblk-cow", "libublk-loop", "randwrite-4k", min(0.6)),

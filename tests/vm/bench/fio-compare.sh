@@ -4,7 +4,10 @@
 # O_DIRECT, QD16) against, in one boot and over the same origin file on the guest's tmpfs:
 #
 #   loop-dio      kernel loop device, --direct-io=on
-#   libublk-loop  libublk 0.4.8's `loop` example (the ublk baseline)
+#   libublk-loop  libublk 0.4.8's `loop` example (the ublk baseline), in its default mode:
+#                 one synchronous handler called per completion
+#   libublk-loop-async  the same example with -a: one async task per tag on a smol
+#                 executor, the execution model snapblk's queues use (a reference)
 #   dm-snap       dm snapshot-origin + persistent snapshot, 4 KiB chunks (first writes)
 #   snapblk       snapblk, no snapshot
 #   snapblk-cow   snapblk right after `snapshot create` (first writes)
@@ -33,7 +36,7 @@ RW_MIB=${BENCH_RW_MIB:-32}
 SEQ_MIB=${BENCH_SEQ_MIB:-64}
 READ_SECS=${BENCH_READ_SECS:-2}
 CAP_SECS=${BENCH_CAP_SECS:-60}
-TARGETS=${BENCH_TARGETS:-loop-dio,libublk-loop,dm-snap,snapblk,snapblk-cow}
+TARGETS=${BENCH_TARGETS:-loop-dio,libublk-loop,libublk-loop-async,dm-snap,snapblk,snapblk-cow}
 TARGETS=${TARGETS//,/ }
 LOOP_BIN=$(command -v "${LIBUBLK_LOOP:-libublk-loop}" || true)
 SEQ_OFF_MIB=$((DEV_MIB - SEQ_MIB))
@@ -41,7 +44,7 @@ UBLK_LOOP_ID=60
 SNAPBLK_ARGS=${BENCH_SNAPBLK_ARGS:-}
 SNAPBLK_ARGS=${SNAPBLK_ARGS//,/ }
 PERF=${BENCH_PERF:-0}
-PERF_TARGETS=" ${BENCH_PERF_TARGETS:-libublk-loop,snapblk,snapblk-cow,snapblk-rewrite} "
+PERF_TARGETS=" ${BENCH_PERF_TARGETS:-libublk-loop,libublk-loop-async,snapblk,snapblk-cow,snapblk-rewrite} "
 PERF_TARGETS=${PERF_TARGETS//,/ }
 OUT=${VM_OUT:?VM_OUT is not set: run this through tests/vm/run.sh}
 mkdir -p "$OUT/fio" "$OUT/status"
@@ -67,8 +70,9 @@ must "libublk loop example present (LIBUBLK_LOOP)" test -x "$LOOP_BIN"
 
 LOOP_DEV='' COW_LOOP='' UBLK_UP=0 DM_UP=0
 
+# ublk_loop_up [EXTRA-ARG...]  (-a: the example's async mode)
 ublk_loop_up() {
-    "$LOOP_BIN" add -n "$UBLK_LOOP_ID" -f "$origin" -q 1 -d 64 >"$VM_SCRATCH/libublk-loop.log" 2>&1 || return 1
+    "$LOOP_BIN" add -n "$UBLK_LOOP_ID" -f "$origin" -q 1 -d 64 "$@" >"$VM_SCRATCH/libublk-loop.log" 2>&1 || return 1
     UBLK_UP=1
     wait_for "/dev/ublkb$UBLK_LOOP_ID" 20
 }
@@ -201,6 +205,11 @@ run_target() {
             must "r$rep libublk-loop: add /dev/ublkb$UBLK_LOOP_ID" ublk_loop_up
             run_jobs "$rep" libublk-loop "/dev/ublkb$UBLK_LOOP_ID"
             must "r$rep libublk-loop: del" ublk_loop_down
+            ;;
+        libublk-loop-async)
+            must "r$rep libublk-loop-async: add -a /dev/ublkb$UBLK_LOOP_ID" ublk_loop_up -a
+            run_jobs "$rep" libublk-loop-async "/dev/ublkb$UBLK_LOOP_ID"
+            must "r$rep libublk-loop-async: del" ublk_loop_down
             ;;
         dm-snap)
             must "r$rep dm-snap: snapshot + snapshot-origin (P, 4 KiB chunks)" dm_up
