@@ -54,8 +54,9 @@ impl DirectWrite<'_> {
 /// always safe, it only costs a later compare.
 struct Held<'a> {
     engine: &'a Engine,
-    _gate: RwLockReadGuard<'a, ()>,
+    // Field order is drop order: the block locks go before the snapshot gate.
     _locks: RangeGuard<'a>,
+    _gate: RwLockReadGuard<'a, ()>,
     b0: u64,
     /// crc32 of each block's new data.
     crcs: Vec<u32>,
@@ -96,10 +97,10 @@ impl Engine {
     ///
     /// Reads need no bookkeeping: the checksum table that lets a write skip identical data is
     /// fed by writes only. Summing every block read would put a checksum on every read's path
-    /// (4 GiB/s of reads costs about an eighth of a core even with a carry-less-multiply crc32,
-    /// and far more on CPUs without one), and a scan of a large disk would push the entries of recently written blocks
-    /// (the ones a rewrite is likely to hit) out of the bounded table. A block the table does
-    /// not know is simply written, as the design allows.
+    /// (4 GiB/s of reads costs about an eighth of a core even with a carry-less-multiply
+    /// crc32, and far more on CPUs without one), and a scan of a large disk would push the
+    /// entries of recently written blocks (the ones a rewrite is likely to hit) out of the
+    /// bounded table. A block the table does not know is simply written, as the design allows.
     pub fn origin_fd(&self) -> Option<RawFd> {
         self.origin.raw_fd()
     }
@@ -172,8 +173,8 @@ impl Engine {
         Some(Admission {
             held: Held {
                 engine: self,
-                _gate: gate,
                 _locks: locks,
+                _gate: gate,
                 b0,
                 crcs,
                 settled: false,
