@@ -6,7 +6,7 @@
 //!   engine admits ([`IoBackend::try_direct_write`]: nothing to preserve, no
 //!   possible identical rewrite, locks free). The backing file is registered
 //!   with the ring, as in libublk's loop example, and the engine still gets
-//!   its bookkeeping (read checksums, write locks held until completion);
+//!   its bookkeeping (write locks held until completion, new checksums);
 //! - **as a copy-on-write driven from the queue**, for a whole-block first
 //!   write after a snapshot ([`IoBackend::try_cow_write`]): the originals are
 //!   read on the ring, the preserves of one event-loop turn are committed in
