@@ -27,29 +27,50 @@ use std::thread::JoinHandle;
 /// Ownership alternates and never overlaps: the kernel fills or drains it
 /// while the tag's ublk command is outstanding, the queue thread hands it to
 /// exactly one worker per request and touches it again only after that
-/// worker's completion was delivered. `Arc` keeps it alive for the worker
-/// even if the queue task were torn down first.
+/// worker's completion was delivered. The buffers of a queue are allocated
+/// together (the driver is given all of them when the queue starts); `Arc`
+/// keeps them alive for a worker even if the queue were torn down first.
 pub struct TagSlot {
-    buf: IoBuf<u8>,
+    bufs: Arc<Vec<IoBuf<u8>>>,
+    tag: usize,
 }
 
-// SAFETY: see the ownership protocol above; `buf` is only accessed by one
-// party at a time, handed over through the job queue and the completion
-// list (both mutex-protected, which orders memory).
+// SAFETY: see the ownership protocol above; a tag's buffer is only accessed
+// by one party at a time, handed over through the job queue and the
+// completion list (both mutex-protected, which orders memory).
 unsafe impl Send for TagSlot {}
 unsafe impl Sync for TagSlot {}
 
 impl TagSlot {
-    /// Allocates a page-aligned buffer of `bytes`.
+    /// One slot per buffer of `bufs` (tag `i` gets `bufs[i]`).
+    pub fn for_queue(bufs: Vec<IoBuf<u8>>) -> Vec<Arc<TagSlot>> {
+        let bufs = Arc::new(bufs);
+        (0..bufs.len())
+            .map(|tag| {
+                Arc::new(TagSlot {
+                    bufs: bufs.clone(),
+                    tag,
+                })
+            })
+            .collect()
+    }
+
+    /// A slot with a page-aligned buffer of its own, of `bytes`.
     pub fn new(bytes: usize) -> TagSlot {
         TagSlot {
-            buf: IoBuf::<u8>::new(bytes),
+            bufs: Arc::new(vec![IoBuf::<u8>::new(bytes)]),
+            tag: 0,
         }
     }
 
     /// The tag's data buffer, as registered with the driver.
     pub fn buf(&self) -> &IoBuf<u8> {
-        &self.buf
+        &self.bufs[self.tag]
+    }
+
+    /// Every buffer of this slot's queue, indexed by tag.
+    pub fn queue_bufs(&self) -> &Vec<IoBuf<u8>> {
+        &self.bufs
     }
 }
 
@@ -205,11 +226,12 @@ fn worker_loop(inbox: &Inbox<Job>, backend: &dyn IoBackend, stats: &IoStats) {
     let mut next = Vec::with_capacity(1);
     while inbox.take(&mut next, 1) {
         for job in next.drain(..) {
-            let buf_len = job.slot.buf.len();
+            let buf_len = job.slot.buf().len();
             // SAFETY: the slot's buffer belongs to this worker until its
             // completion is pushed (see TagSlot); the IoBuf allocation is
             // `buf_len` bytes.
-            let buf = unsafe { std::slice::from_raw_parts_mut(job.slot.buf.as_mut_ptr(), buf_len) };
+            let buf =
+                unsafe { std::slice::from_raw_parts_mut(job.slot.buf().as_mut_ptr(), buf_len) };
             let res = execute(backend, job.req, buf, stats);
             job.done.push(job.tag, res);
         }
