@@ -26,7 +26,7 @@ pub const TARGETS: &[(&str, &str)] = &[
     ),
     (
         "libublk-loop-async",
-        "the same example with `-a`: one async task per tag, snapblk's execution model (reference)",
+        "the same example with `-a`: one async task per tag on an executor (reference)",
     ),
     (
         "dm-snap",

@@ -6,7 +6,7 @@
 //! and pushes `(tag, result)` onto the queue's [`Completions`]. Wake-ups are
 //! batched both ways, because under emulation (and on busy hosts) every
 //! cross-thread wake-up costs more than the I/O itself:
-//! - the queue submits all jobs of one event-loop turn under one lock and
+//! - the queue submits all jobs of one batch of completions under one lock and
 //!   wakes only as many idle workers as there are new jobs; a worker that
 //!   finishes a job takes the next queued one without sleeping;
 //! - a worker signals the queue's single eventfd only when the completion
