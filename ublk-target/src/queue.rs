@@ -74,20 +74,38 @@ const OP_EVENTFD: u32 = 5;
 
 /// Where a copy-on-write stands.
 enum CowPhase {
-    /// Reading the originals: spans still out, and whether one failed.
-    Reading {
-        spans: Vec<Span>,
-        left: usize,
-        failed: bool,
-    },
+    /// Reading the originals.
+    Reading(SpanIo),
     /// Its preserve is queued or being committed.
     Committing,
     /// Writing the new data, after the preserve is durable.
-    Writing {
-        spans: Vec<Span>,
-        left: usize,
-        failed: bool,
-    },
+    Writing(SpanIo),
+}
+
+/// A copy-on-write's origin I/Os on the ring, one per span.
+struct SpanIo {
+    spans: Vec<Span>,
+    /// I/Os not completed yet.
+    left: usize,
+    /// Whether one moved fewer bytes than its span.
+    failed: bool,
+}
+
+impl SpanIo {
+    fn new(spans: Vec<Span>) -> Self {
+        SpanIo {
+            left: spans.len(),
+            spans,
+            failed: false,
+        }
+    }
+
+    /// Records span `i`'s result; true once every span has completed.
+    fn land(&mut self, i: usize, res: i32) -> bool {
+        self.failed |= self.spans.get(i).is_none_or(|s| res != s.len as i32);
+        self.left = self.left.saturating_sub(1);
+        self.left == 0
+    }
 }
 
 /// What a tag is doing.
@@ -266,15 +284,7 @@ impl<'a> Server<'a> {
             .iter()
             .map(|s| origin_sqe(false, base.wrapping_add(s.at), s.off, s.len as u32))
             .collect();
-        self.states[tag as usize] = TagState::Cow(
-            req,
-            cow,
-            CowPhase::Reading {
-                spans,
-                left: n,
-                failed: false,
-            },
-        );
+        self.states[tag as usize] = TagState::Cow(req, cow, CowPhase::Reading(SpanIo::new(spans)));
         if n == 0 {
             // Admission guarantees a block to preserve; be safe anyway.
             self.cow_prepare(q, tag);
@@ -323,16 +333,7 @@ impl<'a> Server<'a> {
             .iter()
             .map(|s| origin_sqe(true, base.wrapping_add(s.at), s.off, s.len as u32))
             .collect();
-        let n = spans.len();
-        self.states[tag as usize] = TagState::Cow(
-            req,
-            cow,
-            CowPhase::Writing {
-                spans,
-                left: n,
-                failed: false,
-            },
-        );
+        self.states[tag as usize] = TagState::Cow(req, cow, CowPhase::Writing(SpanIo::new(spans)));
         for (i, sqe) in sqes.into_iter().enumerate() {
             self.submit(q, tag, OP_COW_WRITE, i, sqe);
         }
@@ -385,31 +386,10 @@ impl<'a> Server<'a> {
                     self.run_on_pool(tag, req);
                 }
             }
-            (
-                OP_COW_READ,
-                TagState::Cow(
-                    req,
-                    cow,
-                    CowPhase::Reading {
-                        spans,
-                        left,
-                        failed,
-                    },
-                ),
-            ) => {
-                let failed = failed || spans.get(span).is_none_or(|s| res != s.len as i32);
-                let left = left.saturating_sub(1);
-                if left > 0 {
-                    *state_mut(&mut self.states, tag) = TagState::Cow(
-                        req,
-                        cow,
-                        CowPhase::Reading {
-                            spans,
-                            left,
-                            failed,
-                        },
-                    );
-                } else if failed {
+            (OP_COW_READ, TagState::Cow(req, cow, CowPhase::Reading(mut io))) => {
+                if !io.land(span, res) {
+                    self.states[tag as usize] = TagState::Cow(req, cow, CowPhase::Reading(io));
+                } else if io.failed {
                     // Nothing was preserved or written: the engine runs the
                     // whole write.
                     drop(cow);
@@ -419,31 +399,10 @@ impl<'a> Server<'a> {
                     self.cow_prepare(q, tag);
                 }
             }
-            (
-                OP_COW_WRITE,
-                TagState::Cow(
-                    req,
-                    cow,
-                    CowPhase::Writing {
-                        spans,
-                        left,
-                        failed,
-                    },
-                ),
-            ) => {
-                let failed = failed || spans.get(span).is_none_or(|s| res != s.len as i32);
-                let left = left.saturating_sub(1);
-                if left > 0 {
-                    *state_mut(&mut self.states, tag) = TagState::Cow(
-                        req,
-                        cow,
-                        CowPhase::Writing {
-                            spans,
-                            left,
-                            failed,
-                        },
-                    );
-                } else if failed {
+            (OP_COW_WRITE, TagState::Cow(req, cow, CowPhase::Writing(mut io))) => {
+                if !io.land(span, res) {
+                    self.states[tag as usize] = TagState::Cow(req, cow, CowPhase::Writing(io));
+                } else if io.failed {
                     cow.finish(false);
                     tracing::debug!(
                         ?req,
@@ -461,7 +420,7 @@ impl<'a> Server<'a> {
             }
             (op, other) => {
                 tracing::error!(tag, op, res, "completion does not match the tag's state");
-                *state_mut(&mut self.states, tag) = other;
+                self.states[tag as usize] = other;
             }
         }
     }
@@ -488,7 +447,7 @@ impl<'a> Server<'a> {
             }
             other => {
                 tracing::error!(tag, res, "result does not match the tag's state");
-                *state_mut(&mut self.states, tag) = other;
+                self.states[tag as usize] = other;
             }
         }
     }
@@ -600,10 +559,6 @@ impl<'a> Server<'a> {
             tracing::error!(tag, error = %e, "cannot complete a request");
         }
     }
-}
-
-fn state_mut<'s, 'a>(states: &'s mut [TagState<'a>], tag: u16) -> &'s mut TagState<'a> {
-    &mut states[tag as usize]
 }
 
 fn req_len(req: IoRequest) -> usize {
