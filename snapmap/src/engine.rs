@@ -1088,6 +1088,9 @@ impl Engine {
         // 1. Room for the preserved blocks, per request: one request failing for lack of room
         //    does not fail its neighbours.
         let mut accepted: Vec<(usize, &Request, Vec<u64>)> = Vec::new();
+        // Whether a request of this group found no room: the store then stays marked full
+        // even if a smaller one fitted, because writes needing a preserve are failing.
+        let mut short_of_room = false;
         {
             let mut ix = write_lock(&self.index);
             for (t, req) in batch.iter().enumerate() {
@@ -1098,6 +1101,7 @@ impl Engine {
                 match ix.alloc.alloc_data(req.blocks.len() as u64) {
                     Some(slots) => accepted.push((t, req, slots)),
                     None => {
+                        short_of_room = true;
                         self.store_full.store(true, Ordering::Release);
                         add(&self.counters.store_full, 1);
                         out[t] = Some(Err(self.store_full_error(&ix)));
@@ -1273,7 +1277,7 @@ impl Engine {
                 }
             }
             ix.journal_slots.extend(blocks.iter().map(|(s, _)| *s));
-            if accepted.iter().any(|(_, r, _)| !r.blocks.is_empty()) {
+            if !short_of_room && accepted.iter().any(|(_, r, _)| !r.blocks.is_empty()) {
                 self.store_full.store(false, Ordering::Release);
             }
         }

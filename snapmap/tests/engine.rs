@@ -250,6 +250,62 @@ fn a_full_store_refuses_the_write_keeps_every_snapshot_and_says_so() {
     assert!(e.check().unwrap().ok());
 }
 
+/// A group that refuses one request for lack of room leaves the store marked full, even when a
+/// smaller request in the same group fits: writes needing a preserve are failing.
+#[test]
+fn a_group_that_refuses_a_preserve_leaves_the_store_marked_full() {
+    let fresh = || {
+        let (o, s) = mem(256);
+        let opts = OpenOptions {
+            max_store_bytes: Some(80 * BS as u64),
+            ..OpenOptions::default()
+        };
+        let e = Engine::format(o.clone(), s, &opts).unwrap();
+        e.write(0, &vec![1u8; 256 * BS]).unwrap();
+        e.create_snapshot("keep").unwrap();
+        (o, e)
+    };
+    // How many single-block first writes fit.
+    let (_, probe) = fresh();
+    let mut fit = 0u64;
+    while fit < 256 && probe.write(fit * BS as u64, &block(2)).is_ok() {
+        fit += 1;
+    }
+    assert!((16..200).contains(&fit), "{fit} single preserves fit");
+    // Leave room for about 8: a 64-block preserve cannot fit, a 1-block one can.
+    let (o, e) = fresh();
+    for x in 0..fit - 8 {
+        e.write(x * BS as u64, &block(2)).unwrap();
+    }
+    let big = vec![3u8; 64 * BS];
+    let small = block(3);
+    let cow = |off: u64, data: &[u8]| {
+        let mut c = e
+            .try_cow_write(off, data)
+            .expect("a first write is admitted");
+        for sp in c.reads() {
+            o.read_at(&mut c.old_mut()[sp.at..sp.at + sp.len], sp.off)
+                .unwrap();
+        }
+        let p = c.prepare(data).expect("originals differ");
+        (c, p)
+    };
+    let (c1, p1) = cow(100 * BS as u64, &big);
+    let (c2, p2) = cow(200 * BS as u64, &small);
+    let res = e.commit_preserves(vec![p1, p2]);
+    assert!(
+        res[0].as_ref().is_err_and(|err| err.is_store_full()),
+        "{:?}",
+        res[0]
+    );
+    assert!(res[1].is_ok(), "{:?}", res[1]);
+    assert!(
+        e.status().store_full,
+        "a refused preserve must show in status"
+    );
+    drop((c1, c2));
+}
+
 fn libc_enospc() -> i32 {
     28
 }
