@@ -1,5 +1,5 @@
 //! The VM fio bench's results: reads what `tests/vm/bench/fio-compare.sh` left in `$VM_OUT`
-//! (`meta.json`, `fio/rREP-TARGET-JOB.json`, `status/*`), and turns it into one JSON report,
+//! (`meta.json`, `fio/rREP-TARGET-JOB.json`, `cpu/rREP-TARGET-JOB.json`, `status/*`), and turns it into one JSON report,
 //! a Markdown section and an SVG plot of the ratios (drawn by [`crate::report::ratio_svg`]).
 //!
 //! Every ratio pairs two targets measured in the same repetition of the same VM boot; only
@@ -110,6 +110,47 @@ pub struct FioRun {
     pub ios: u64,
     /// Run time, seconds.
     pub seconds: f64,
+    /// Where the guest's CPU time went during the run, when the guest sampled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuPerIo>,
+}
+
+/// Guest CPU time per I/O over one fio run, in microseconds (`cpu/rREP-TARGET-JOB.json`:
+/// `/proc/stat` and the ublk server's `/proc/PID/stat`, sampled before and after the run).
+/// Under emulation this is what separates "the server does more work per request" from
+/// "the server waits more": a target that is slower at the same busy time per I/O is
+/// latency-bound, not CPU-bound.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CpuPerIo {
+    /// The ublk server process, user mode (0 for in-kernel targets).
+    pub server_user_us: f64,
+    /// The ublk server process, kernel mode (its io_uring submissions and their I/O).
+    pub server_sys_us: f64,
+    /// Every CPU of the guest, busy (fio, the kernel's block layer, the server, …).
+    pub busy_us: f64,
+    /// Every CPU of the guest, idle (including iowait).
+    pub idle_us: f64,
+}
+
+/// Reads a `cpu/*.json` sample and spreads it over `ios` I/Os.
+pub fn parse_cpu(text: &str, ios: u64) -> Result<CpuPerIo> {
+    let v: serde_json::Value = serde_json::from_str(text).context("CPU sample is not JSON")?;
+    let hz = v["ticks_per_sec"]
+        .as_f64()
+        .filter(|h| *h > 0.0)
+        .unwrap_or(100.0);
+    let tick = |k: &str| -> Result<f64> {
+        v[k].as_f64()
+            .with_context(|| format!("CPU sample lacks \"{k}\""))
+    };
+    let per_io = |ticks: f64| ticks / hz * 1e6 / ios.max(1) as f64;
+    let busy = tick("user")? + tick("nice")? + tick("system")? + tick("irq")? + tick("softirq")?;
+    Ok(CpuPerIo {
+        server_user_us: per_io(tick("server_user")?),
+        server_sys_us: per_io(tick("server_system")?),
+        busy_us: per_io(busy),
+        idle_us: per_io(tick("idle")? + tick("iowait")?),
+    })
 }
 
 /// Median and spread of one figure over the repetitions.
@@ -227,6 +268,7 @@ pub fn parse_fio(text: &str, rep: u32) -> Result<FioRun> {
         lat_p99_us: f(&side["clat_ns"]["percentile"]["99.000000"]) / 1000.0,
         ios,
         seconds: f(&side["runtime"]) / 1000.0,
+        cpu: None,
     })
 }
 
@@ -268,7 +310,18 @@ pub fn collect(dir: &Path, command: &str, source: &str) -> Result<VmReport> {
         };
         let parsed = std::fs::read_to_string(&path)
             .with_context(|| format!("read {}", path.display()))
-            .and_then(|t| parse_fio(&t, rep));
+            .and_then(|t| parse_fio(&t, rep))
+            .map(|mut r| {
+                // Runs from before the guest sampled CPU time have no sample: no column.
+                let cpu_path = dir.join("cpu").join(name);
+                if let Ok(t) = std::fs::read_to_string(&cpu_path) {
+                    match parse_cpu(&t, r.ios) {
+                        Ok(c) => r.cpu = Some(c),
+                        Err(e) => problems.push(format!("{}: {e:#}", cpu_path.display())),
+                    }
+                }
+                r
+            });
         match parsed {
             Ok(r) => runs.entry((target, job)).or_default().push(r),
             Err(e) => problems.push(format!("{name}: {e:#}")),
@@ -515,6 +568,15 @@ impl VmReport {
                 met
             );
         }
+        let cpu = self.cpu_table();
+        if !cpu.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nGuest CPU per I/O, µs (median over repetitions): the ublk server's user + \
+                 system time, and the whole guest's busy and idle time (2 vCPUs; fio and the \
+                 kernel's block layer are in \"busy\"):\n\n{cpu}"
+            );
+        }
         let counters = self.counters_table();
         if !counters.is_empty() {
             let _ = writeln!(
@@ -532,6 +594,51 @@ impl VmReport {
             let _ = writeln!(s, "\n![ratio vs target per comparison]({svg})");
         }
         s
+    }
+
+    /// Per target and job, the median CPU time per I/O (see [`CpuPerIo`]). Empty when no
+    /// run has a sample.
+    fn cpu_table(&self) -> String {
+        let mut rows = Vec::new();
+        for t in &self.targets {
+            let cells: Vec<String> = JOBS
+                .iter()
+                .map(|job| {
+                    let cpus: Vec<&CpuPerIo> = t
+                        .job(job)
+                        .map(|j| j.runs.iter().filter_map(|r| r.cpu.as_ref()).collect())
+                        .unwrap_or_default();
+                    if cpus.is_empty() {
+                        return "—".to_string();
+                    }
+                    let med = |f: fn(&CpuPerIo) -> f64| {
+                        median(&cpus.iter().map(|c| f(c)).collect::<Vec<_>>())
+                    };
+                    format!(
+                        "{:.0} + {:.0} / {:.0} / {:.0}",
+                        med(|c| c.server_user_us),
+                        med(|c| c.server_sys_us),
+                        med(|c| c.busy_us),
+                        med(|c| c.idle_us)
+                    )
+                })
+                .collect();
+            if cells.iter().any(|c| c != "—") {
+                rows.push(format!("| {} | {} |", t.name, cells.join(" | ")));
+            }
+        }
+        if rows.is_empty() {
+            return String::new();
+        }
+        format!(
+            "| target | {} |\n|---|{}\n{}\n\nEach cell: server user + server system / guest busy / guest idle.\n",
+            JOBS.iter()
+                .map(|j| format!("{j}: server usr + sys / busy / idle"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---:|".repeat(JOBS.len()),
+            rows.join("\n")
+        )
     }
 
     /// A table of the numeric counters snapblk's status reports (whatever keys it has), one
@@ -710,6 +817,15 @@ mod tests {
             .unwrap();
         }
         std::fs::write(dir.join("fio/r1-loop-dio-randread-4k.json"), "garbage").unwrap();
+        // 100 I/Os; at 100 ticks/s a tick is 10 ms = 100 µs per I/O.
+        std::fs::create_dir_all(dir.join("cpu")).unwrap();
+        std::fs::write(
+            dir.join("cpu/r1-snapblk-randwrite-4k.json"),
+            r#"{"ticks_per_sec": 100, "cpus": 2, "server_processes": 1, "user": 3, "nice": 0,
+                "system": 5, "idle": 12, "iowait": 0, "irq": 1, "softirq": 1,
+                "server_user": 2, "server_system": 4}"#,
+        )
+        .unwrap();
         std::fs::write(
             dir.join("status/r1-snapblk-cow.json"),
             r#"{"engine":{"stats":{"writes":5000,"preserves":4096,"commit_groups":300}},"io":{"writes":1}}"#,
@@ -736,6 +852,26 @@ mod tests {
         assert!(md.contains("| snapblk-cow ÷ libublk-loop, randwrite-4k | 1500 | 400 | 0.28 [0.25–0.30] | ≥ 0.6× | **NO** |"), "{md}");
         assert!(
             md.contains("| r1-snapblk-cow | 5000 | — | — | — | 4096 | 300 |"),
+            "{md}"
+        );
+        let run1 = &rep
+            .targets
+            .iter()
+            .find(|t| t.name == "snapblk")
+            .unwrap()
+            .jobs[0]
+            .runs[0];
+        assert_eq!(
+            run1.cpu,
+            Some(CpuPerIo {
+                server_user_us: 200.0,
+                server_sys_us: 400.0,
+                busy_us: 1000.0,
+                idle_us: 1200.0
+            })
+        );
+        assert!(
+            md.contains("| snapblk | 200 + 400 / 1000 / 1200 | — | — |"),
             "{md}"
         );
         let svg = rep.svg();

@@ -26,6 +26,7 @@
 #   BENCH_PERF=1 (diagnosis, perturbs the figures: every fio run of the targets in
 #   BENCH_PERF_TARGETS runs under `perf record -a` and `perf stat -a`; needs perf on PATH)
 # Output in $VM_OUT: meta.json, fio/rREP-TARGET-JOB.json, status/rREP-TARGET.json,
+#   cpu/rREP-TARGET-JOB.json (guest CPU time and the ublk server's, over the fio run),
 #   with BENCH_PERF=1 also perf/rREP-TARGET-JOB.{report,stat}.txt.
 source "$(dirname "${BASH_SOURCE[0]}")/../scenarios/lib.sh"
 
@@ -47,7 +48,7 @@ PERF=${BENCH_PERF:-0}
 PERF_TARGETS=" ${BENCH_PERF_TARGETS:-libublk-loop,libublk-loop-async,snapblk,snapblk-cow,snapblk-rewrite} "
 PERF_TARGETS=${PERF_TARGETS//,/ }
 OUT=${VM_OUT:?VM_OUT is not set: run this through tests/vm/run.sh}
-mkdir -p "$OUT/fio" "$OUT/status"
+mkdir -p "$OUT/fio" "$OUT/status" "$OUT/cpu"
 if ((PERF)); then
     command -v perf >/dev/null || { echo "BENCH_PERF=1 but no perf on PATH"; exit 2; }
     mkdir -p "$OUT/perf"
@@ -144,8 +145,63 @@ on_exit teardown_all
 
 # ---- fio ----------------------------------------------------------------------------
 
+# ---- CPU accounting: where each target's time goes ------------------------------------
+# The guest's CPU time (/proc/stat, all CPUs) and the ublk server's (every thread of the
+# processes holding /dev/ublkcN open; none for the kernel's loop and dm targets), sampled
+# around each fio run. Counted in clock ticks (USER_HZ), so it costs nothing during the run.
+
+# server_pids DEVICE  pids of the processes that have DEVICE's ublk char device open.
+server_pids() {
+    local dev=$1 p f id
+    [[ $dev == /dev/ublkb* ]] || return 0
+    id=${dev#/dev/ublkb}
+    for p in /proc/[0-9]*; do
+        for f in "$p"/fd/*; do
+            if [[ $(readlink "$f" 2>/dev/null) == "/dev/ublkc$id" ]]; then
+                echo "${p#/proc/}"
+                break
+            fi
+        done
+    done
+}
+
+# cpu_sample PID...  "user nice system idle iowait irq softirq srv_utime srv_stime" in ticks.
+cpu_sample() {
+    local g u=0 s=0 p rest
+    g=$(awk '$1 == "cpu" { print $2, $3, $4, $5, $6, $7, $8; exit }' /proc/stat)
+    for p in "$@"; do
+        # Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+        rest=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        read -ra f <<<"$rest"
+        u=$((u + f[11]))
+        s=$((s + f[12]))
+    done
+    echo "$g $u $s"
+}
+
+# cpu_json BEFORE AFTER NPIDS  the deltas as JSON.
+cpu_json() {
+    local -a a b
+    read -ra a <<<"$1"
+    read -ra b <<<"$2"
+    local names=(user nice system idle iowait irq softirq server_user server_system) i out
+    out="{\"ticks_per_sec\": $(getconf CLK_TCK 2>/dev/null || echo 100), \"cpus\": $(nproc), \"server_processes\": $3"
+    for i in "${!names[@]}"; do out+=", \"${names[i]}\": $((b[i] - a[i]))"; done
+    echo "$out}"
+}
+
 # run_job REP TARGET JOB DEVICE  run bench/fio/JOB.fio on DEVICE, JSON to $OUT/fio/.
 run_job() {
+    local pids before rc
+    read -ra pids <<<"$(server_pids "$4" | tr '\n' ' ')"
+    before=$(cpu_sample "${pids[@]}")
+    run_fio "$@"
+    rc=$?
+    cpu_json "$before" "$(cpu_sample "${pids[@]}")" "${#pids[@]}" >"$OUT/cpu/r$1-$2-$3.json"
+    return "$rc"
+}
+
+run_fio() {
     local rep=$1 target=$2 job=$3 dev=$4 off size runtime json
     case $job in
         randwrite-4k) off=0 size=${RW_MIB}M runtime=$CAP_SECS ;;
