@@ -12,7 +12,7 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use crate::commit::{Committer, Request};
-use crate::csum::CsumCache;
+use crate::csum::{fingerprint, CsumCache};
 use crate::error::{Error, Result};
 use crate::format::{Entry, JournalBlock, MAX_BLOCK, MIN_BLOCK, SUPER_SLOTS};
 use crate::index::{Index, SlotRef};
@@ -275,7 +275,7 @@ pub struct Engine {
     has_failed: AtomicBool,
     recovery: Recovery,
     checkpoint_every: u64,
-    zero_crc: u32,
+    zero_fp: u32,
 }
 
 /// Names users may give snapshots.
@@ -367,14 +367,12 @@ struct Run {
     have_old: Vec<bool>,
 }
 
-/// The checksums of a write's new data, when the caller already knows them.
+/// The fingerprints of a write's new data ([`crate::csum::fingerprint`]).
 enum NewCrcs {
     /// Compute them from the data.
     Compute,
     /// Every block is zero.
     Zero,
-    /// Known (a restore's data comes from verified preserved copies).
-    Known(Vec<u32>),
 }
 
 impl Engine {
@@ -580,7 +578,7 @@ impl Engine {
             has_failed: AtomicBool::new(false),
             recovery,
             checkpoint_every: opts.checkpoint_every.max(1),
-            zero_crc: crc32fast::hash(&zero),
+            zero_fp: fingerprint(&zero),
         })
     }
 
@@ -939,9 +937,8 @@ impl Engine {
         let bs = self.bs as usize;
         let n = run.n;
         let crcs: Vec<u32> = match crcs {
-            NewCrcs::Zero => vec![self.zero_crc; n],
-            NewCrcs::Compute => data.chunks(bs).map(crc32fast::hash).collect(),
-            NewCrcs::Known(c) => c,
+            NewCrcs::Zero => vec![self.zero_fp; n],
+            NewCrcs::Compute => data.chunks(bs).map(fingerprint).collect(),
         };
         // Blocks the newest snapshot still needs must be read (to preserve them, or to find
         // they already hold the new bytes). Otherwise a block whose remembered checksum equals
@@ -1626,9 +1623,7 @@ impl Engine {
             });
             slots?;
             old?;
-            // The preserved copies were just verified against these checksums.
-            let crcs = refs[i..j].iter().map(|r| r.map_or(0, |r| r.crc)).collect();
-            written += self.write_locked(&mut run, &data, false, NewCrcs::Known(crcs))?;
+            written += self.write_locked(&mut run, &data, false, NewCrcs::Compute)?;
             i = j;
         }
         Ok(written)

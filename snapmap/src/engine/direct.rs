@@ -58,7 +58,7 @@ struct Held<'a> {
     _locks: RangeGuard<'a>,
     _gate: RwLockReadGuard<'a, ()>,
     b0: u64,
-    /// crc32 of each block's new data.
+    /// [`crate::csum::fingerprint`] of each block's new data.
     crcs: Vec<u32>,
     settled: bool,
 }
@@ -97,8 +97,7 @@ impl Engine {
     ///
     /// Reads need no bookkeeping: the checksum table that lets a write skip identical data is
     /// fed by writes only. Summing every block read would put a checksum on every read's path
-    /// (4 GiB/s of reads costs about an eighth of a core even with a carry-less-multiply
-    /// crc32, and far more on CPUs without one), and a scan of a large disk would push the
+    /// (a cost per byte read, however fast the hash), and a scan of a large disk would push the
     /// entries of recently written blocks (the ones a rewrite is likely to hit) out of the
     /// bounded table. A block the table does not know is simply written, as the design allows.
     pub fn origin_fd(&self) -> Option<RawFd> {
@@ -158,7 +157,10 @@ impl Engine {
         if need.contains(&true) != cow {
             return None;
         }
-        let crcs: Vec<u32> = buf.chunks(bs as usize).map(crc32fast::hash).collect();
+        let crcs: Vec<u32> = buf
+            .chunks(bs as usize)
+            .map(crate::csum::fingerprint)
+            .collect();
         if crcs
             .iter()
             .enumerate()
@@ -292,15 +294,16 @@ impl CowWrite<'_> {
         let mut crcs = Vec::new();
         for i in (0..self.n).filter(|&i| self.need[i]) {
             let blk = i * bs..(i + 1) * bs;
-            let crc = crc32fast::hash(&self.old[blk.clone()]);
-            // Different checksums prove different bytes: compare only when they match.
-            if crc == self.held.crcs[i] && self.old[blk.clone()] == new[blk] {
+            // The bytes themselves: a comparison stops at the first difference, and equal
+            // blocks must be compared in full whatever a checksum says.
+            if self.old[blk.clone()] == new[blk.clone()] {
                 self.write[i] = false;
                 add(&e.counters.blocks_skipped, 1);
                 continue;
             }
             at.push(i);
-            crcs.push(crc);
+            // The store record's checksum (crc32, as the format defines it).
+            crcs.push(crc32fast::hash(&self.old[blk]));
         }
         if at.is_empty() {
             self.state = CowState::Writable;
