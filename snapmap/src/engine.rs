@@ -39,8 +39,10 @@ const LOCK_STRIPES: usize = 1 << 16;
 const GROUP_BYTES: usize = 15 << 20;
 
 /// Restore workers. Each one alternates between reads, a wait for its commit group and an
-/// origin write, so many are needed to keep both devices busy and groups full.
-const RESTORE_WORKERS: usize = 32;
+/// origin write, so many are needed to keep both devices busy and groups full. While one
+/// commit group (at most 15 runs of 1 MiB) is written and synced, the others read: 64 against
+/// 32 took a 256 MiB restore from 313 to 341 MiB/s (median of 4 alternating host runs).
+const RESTORE_WORKERS: usize = 64;
 
 /// How to open (and, if needed, format) a store.
 #[derive(Clone, Debug)]
