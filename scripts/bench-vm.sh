@@ -8,7 +8,7 @@
 #   scripts/bench-vm.sh            full run (~15 min): 3 repetitions, results in bench/results
 #   scripts/bench-vm.sh --quick    a few minutes, tiny sizes, 1 repetition (CI smoke);
 #                                  results in target/vm-out/bench_fio-compare/report
-#   options: --reps N  --targets "loop-dio libublk-loop libublk-loop-async dm-snap snapblk snapblk-cow"
+#   options: --reps N  --targets "loop-dio libublk-loop-async libublk-loop snapblk snapblk-cow dm-snap"
 #            --no-build (use the snapblk already in target/release, or SNAPBLK_BIN)
 #            --snapblk-args "--workers,4" (extra `snapblk create` arguments, comma-separated)
 #            --perf (diagnosis: perf record/stat around the ublk targets' runs, reports in

@@ -16,8 +16,9 @@
 # The write jobs are size-bounded over disjoint regions (randwrite [0, RW), seqwrite
 # [SEQ_OFF, SEQ_OFF+SEQ)), each block written once per run, so after a fresh snapshot
 # every write is a first write. Each repetition builds every target anew (fresh snapshot,
-# empty COW/store file); odd repetitions run the targets in the order above, even ones in
-# reverse (snapblk-cow and its rewrite stay together).
+# empty COW/store file); odd repetitions run the targets in the order of TARGETS below
+# (compared pairs next to each other), even ones in reverse (snapblk-cow and its rewrite
+# stay together).
 #
 # Env (from VM_GUEST_ENV): BENCH_MODE (full|quick) BENCH_REPS BENCH_DEV_MIB BENCH_RW_MIB
 #   BENCH_SEQ_MIB BENCH_READ_SECS BENCH_CAP_SECS BENCH_TARGETS (comma-separated subset)
@@ -37,7 +38,10 @@ RW_MIB=${BENCH_RW_MIB:-32}
 SEQ_MIB=${BENCH_SEQ_MIB:-64}
 READ_SECS=${BENCH_READ_SECS:-2}
 CAP_SECS=${BENCH_CAP_SECS:-60}
-TARGETS=${BENCH_TARGETS:-loop-dio,libublk-loop,libublk-loop-async,dm-snap,snapblk,snapblk-cow}
+# Run order: each compared pair runs back to back (libublk-loop next to snapblk,
+# snapblk-cow next to dm-snap), forwards and backwards, so that the emulated machine's
+# drift over a repetition (run-to-run swings of a third were seen) stays out of the ratios.
+TARGETS=${BENCH_TARGETS:-loop-dio,libublk-loop-async,libublk-loop,snapblk,snapblk-cow,dm-snap}
 TARGETS=${TARGETS//,/ }
 LOOP_BIN=$(command -v "${LIBUBLK_LOOP:-libublk-loop}" || true)
 SEQ_OFF_MIB=$((DEV_MIB - SEQ_MIB))
@@ -197,7 +201,10 @@ run_job() {
     before=$(cpu_sample "${pids[@]}")
     run_fio "$@"
     rc=$?
-    cpu_json "$before" "$(cpu_sample "${pids[@]}")" "${#pids[@]}" >"$OUT/cpu/r$1-$2-$3.json"
+    # Under perf the window also holds perf's own reporting: no sample then.
+    if ! ((PERF)) || [[ $PERF_TARGETS != *" $2 "* ]]; then
+        cpu_json "$before" "$(cpu_sample "${pids[@]}")" "${#pids[@]}" >"$OUT/cpu/r$1-$2-$3.json"
+    fi
     return "$rc"
 }
 
