@@ -29,10 +29,11 @@ pub trait IoBackend: Send + Sync {
         None
     }
     /// Admits `buf` at `off` as a plain origin write the caller issues itself
-    /// on [`IoBackend::origin_fd`], without ever blocking; the returned
-    /// closure must be called with the write's outcome (`true`: every byte
-    /// written). `None`: run [`IoBackend::write`] instead.
-    fn try_direct_write<'a>(&'a self, _off: u64, _buf: &[u8]) -> Option<DirectDone<'a>> {
+    /// on [`IoBackend::origin_fd`], without ever blocking; the caller must
+    /// [`snapmap::DirectWrite::finish`] it with the write's outcome (`true`:
+    /// every byte written; dropping it counts as a failure). `None`: run
+    /// [`IoBackend::write`] instead.
+    fn try_direct_write<'a>(&'a self, _off: u64, _buf: &[u8]) -> Option<snapmap::DirectWrite<'a>> {
         None
     }
     /// Admits `buf` at `off` as a copy-on-write the caller drives (reads the
@@ -48,11 +49,6 @@ pub trait IoBackend: Send + Sync {
         vec![-libc::EIO; batch.len()]
     }
 }
-
-/// Finishes an admitted direct write with its outcome (see
-/// [`IoBackend::try_direct_write`]); holds the engine's locks until called
-/// or dropped (a drop counts as a failed write).
-pub type DirectDone<'a> = Box<dyn FnOnce(bool) + 'a>;
 
 /// Keeps the engine's errno (ENOSPC for a full store, EINVAL, EIO) and logs
 /// its message, which names the object and the fix.
@@ -81,9 +77,8 @@ impl IoBackend for snapmap::Engine {
     fn origin_fd(&self) -> Option<RawFd> {
         snapmap::Engine::origin_fd(self)
     }
-    fn try_direct_write<'a>(&'a self, off: u64, buf: &[u8]) -> Option<DirectDone<'a>> {
-        let w = snapmap::Engine::try_direct_write(self, off, buf)?;
-        Some(Box::new(move |ok| w.finish(ok)))
+    fn try_direct_write<'a>(&'a self, off: u64, buf: &[u8]) -> Option<snapmap::DirectWrite<'a>> {
+        snapmap::Engine::try_direct_write(self, off, buf)
     }
     fn try_cow_write<'a>(&'a self, off: u64, buf: &[u8]) -> Option<snapmap::CowWrite<'a>> {
         snapmap::Engine::try_cow_write(self, off, buf)

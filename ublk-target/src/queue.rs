@@ -34,12 +34,12 @@
 //! queue thread never blocks on the engine, except for an inline commit
 //! while commits are quick (see [`crate::worker::INLINE_COMMIT_MAX`]).
 
-use crate::io_op::{DirectDone, IoBackend, IoRequest, IoStats};
+use crate::io_op::{IoBackend, IoRequest, IoStats};
 use crate::worker::{CommitHandle, Completions, Job, PoolHandle, PreserveJob, TagSlot};
 use io_uring::{opcode, squeue, types};
 use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, BufDescList, UblkIORes};
-use snapmap::{CowWrite, Span};
+use snapmap::{CowWrite, DirectWrite, Span};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -115,7 +115,7 @@ enum TagState<'a> {
     /// A direct origin read is on the ring.
     Read(IoRequest),
     /// An admitted origin write is on the ring.
-    Write(IoRequest, DirectDone<'a>),
+    Write(IoRequest, DirectWrite<'a>),
     /// A copy-on-write driven from here.
     Cow(IoRequest, Box<CowWrite<'a>>, CowPhase),
     /// A worker runs the request.
@@ -370,7 +370,7 @@ impl<'a> Server<'a> {
             (OP_WRITE, TagState::Write(req, done)) => {
                 let len = req_len(req);
                 let ok = res == len as i32;
-                done(ok);
+                done.finish(ok);
                 if ok {
                     let s = &self.ctx.stats;
                     s.writes.fetch_add(1, Ordering::Relaxed);

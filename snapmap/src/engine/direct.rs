@@ -59,7 +59,7 @@ struct Held<'a> {
     _gate: RwLockReadGuard<'a, ()>,
     b0: u64,
     /// [`crate::csum::fingerprint`] of each block's new data.
-    crcs: Vec<u32>,
+    crcs: Fingerprints,
     settled: bool,
 }
 
@@ -76,6 +76,33 @@ impl Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.settle(|_| true, false, 0);
+    }
+}
+
+/// The fingerprints of a write's blocks; one block (the common 4 KiB write) needs no
+/// allocation.
+enum Fingerprints {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Fingerprints {
+    fn of(data: &[u8], bs: usize) -> Self {
+        if data.len() == bs {
+            Fingerprints::One(crate::csum::fingerprint(data))
+        } else {
+            Fingerprints::Many(data.chunks(bs).map(crate::csum::fingerprint).collect())
+        }
+    }
+}
+
+impl std::ops::Deref for Fingerprints {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        match self {
+            Fingerprints::One(f) => std::slice::from_ref(f),
+            Fingerprints::Many(v) => v,
+        }
     }
 }
 
@@ -144,27 +171,33 @@ impl Engine {
                 Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => return None,
             };
+            let blocks = b0..b0 + n as u64;
             match ix.newest() {
-                Some(s) => (
-                    s.id,
-                    (b0..b0 + n as u64)
-                        .map(|b| !s.delta.contains(b as u32))
-                        .collect(),
-                ),
-                None => (0, vec![false; n]),
+                // A plain write needs no list (nothing to preserve): no allocation for it.
+                None if !cow => (0, Vec::new()),
+                None => return None,
+                Some(s) if !cow => {
+                    if blocks.clone().any(|b| !s.delta.contains(b as u32)) {
+                        return None;
+                    }
+                    (s.id, Vec::new())
+                }
+                Some(s) => {
+                    let need: Vec<bool> = blocks.map(|b| !s.delta.contains(b as u32)).collect();
+                    if !need.contains(&true) {
+                        return None;
+                    }
+                    (s.id, need)
+                }
             }
         };
-        if need.contains(&true) != cow {
-            return None;
-        }
-        let crcs: Vec<u32> = buf
-            .chunks(bs as usize)
-            .map(crate::csum::fingerprint)
-            .collect();
+        let crcs = Fingerprints::of(buf, bs as usize);
+        // Empty `need` (a plain write): no block is preserved, so every one is compare-checked.
+        let needed = |i: usize| need.get(i).copied().unwrap_or(false);
         if crcs
             .iter()
             .enumerate()
-            .any(|(i, c)| !need[i] && self.csum.get((b0 + i as u64) as u32) == Some(*c))
+            .any(|(i, c)| !needed(i) && self.csum.get((b0 + i as u64) as u32) == Some(*c))
         {
             return None;
         }
