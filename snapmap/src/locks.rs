@@ -90,11 +90,11 @@ impl BlockLocks {
         })
     }
 
-    /// Locks every block in `start..start + count` (`count` ≥ 1).
+    /// Locks every block in `start..start + count`.
     pub fn lock(&self, start: u64, count: u64) -> RangeGuard<'_> {
-        self.take(start, count.max(1), |m| Some(unpoison(m.lock())))
+        self.take(start, count, |m| Some(unpoison(m.lock())))
             .unwrap_or(RangeGuard {
-                // Unreachable: `lock` always yields a guard and the range is not empty.
+                // An empty range (waiting on a stripe always yields its guard).
                 _guards: Guards::Many { _g: Vec::new() },
             })
     }
@@ -115,7 +115,9 @@ mod tests {
         assert_eq!(got(13, 3), vec![5, 6, 7]);
         assert_eq!(got(5, 8), (0..8).collect::<Vec<_>>());
         assert_eq!(got(5, 100), (0..8).collect::<Vec<_>>());
-        // Held stripes are held: a try on any of them fails, a disjoint one succeeds.
+        assert_eq!(got(5, 0), Vec::<usize>::new());
+        drop(l.lock(3, 0)); // locks nothing
+                            // Held stripes are held: a try on any of them fails, a disjoint one succeeds.
         let g = l.try_lock(6, 4).unwrap();
         assert!(l.try_lock(0, 1).is_none());
         assert!(l.try_lock(7, 1).is_none());
