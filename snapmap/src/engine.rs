@@ -370,7 +370,7 @@ struct Run {
 }
 
 /// The fingerprints of a write's new data ([`crate::csum::fingerprint`]).
-enum NewCrcs {
+enum NewFps {
     /// Compute them from the data.
     Compute,
     /// Every block is zero.
@@ -923,24 +923,20 @@ impl Engine {
             }
         };
         let zero = matches!(src, Src::Zeroes(_)) && !first_partial && !last_partial;
-        let crcs = if zero {
-            NewCrcs::Zero
-        } else {
-            NewCrcs::Compute
-        };
-        self.write_locked(&mut run, data, zero, crcs).map(|_| ())
+        let fps = if zero { NewFps::Zero } else { NewFps::Compute };
+        self.write_locked(&mut run, data, zero, fps).map(|_| ())
     }
 
     /// The write path proper, for whole blocks whose locks the caller holds: skip blocks that
     /// already hold these bytes, preserve the originals the newest snapshot still needs (durably,
     /// in one commit), then write the rest.
     /// Returns the number of blocks written to the origin.
-    fn write_locked(&self, run: &mut Run, data: &[u8], zero: bool, crcs: NewCrcs) -> Result<u64> {
+    fn write_locked(&self, run: &mut Run, data: &[u8], zero: bool, fps: NewFps) -> Result<u64> {
         let bs = self.bs as usize;
         let n = run.n;
-        let crcs: Vec<u32> = match crcs {
-            NewCrcs::Zero => vec![self.zero_fp; n],
-            NewCrcs::Compute => data.chunks(bs).map(fingerprint).collect(),
+        let fps: Vec<u32> = match fps {
+            NewFps::Zero => vec![self.zero_fp; n],
+            NewFps::Compute => data.chunks(bs).map(fingerprint).collect(),
         };
         // Blocks the newest snapshot still needs must be read (to preserve them, or to find
         // they already hold the new bytes). Otherwise a block whose remembered checksum equals
@@ -950,7 +946,7 @@ impl Engine {
             .map(|i| {
                 run.need[i]
                     || (!run.have_old[i]
-                        && self.csum.get((run.b0 + i as u64) as u32) == Some(crcs[i]))
+                        && self.csum.get((run.b0 + i as u64) as u32) == Some(fps[i]))
             })
             .collect();
         self.read_old(run, &want)?;
@@ -1014,8 +1010,8 @@ impl Engine {
             written += (j - i) as u64;
             i = j;
         }
-        for (i, crc) in crcs.iter().enumerate() {
-            self.csum.put((run.b0 + i as u64) as u32, *crc);
+        for (i, fp) in fps.iter().enumerate() {
+            self.csum.put((run.b0 + i as u64) as u32, *fp);
         }
         Ok(written)
     }
@@ -1625,7 +1621,7 @@ impl Engine {
             });
             slots?;
             old?;
-            written += self.write_locked(&mut run, &data, false, NewCrcs::Compute)?;
+            written += self.write_locked(&mut run, &data, false, NewFps::Compute)?;
             i = j;
         }
         Ok(written)

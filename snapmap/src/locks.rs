@@ -116,8 +116,9 @@ mod tests {
         assert_eq!(got(5, 8), (0..8).collect::<Vec<_>>());
         assert_eq!(got(5, 100), (0..8).collect::<Vec<_>>());
         assert_eq!(got(5, 0), Vec::<usize>::new());
-        drop(l.lock(3, 0)); // locks nothing
-                            // Held stripes are held: a try on any of them fails, a disjoint one succeeds.
+        // An empty range locks nothing.
+        drop(l.lock(3, 0));
+        // Held stripes are held: a try on any of them fails, a disjoint one succeeds.
         let g = l.try_lock(6, 4).unwrap();
         assert!(l.try_lock(0, 1).is_none());
         assert!(l.try_lock(7, 1).is_none());

@@ -59,7 +59,7 @@ struct Held<'a> {
     _gate: RwLockReadGuard<'a, ()>,
     b0: u64,
     /// [`crate::csum::fingerprint`] of each block's new data.
-    crcs: Fingerprints,
+    fps: Fingerprints,
     settled: bool,
 }
 
@@ -68,7 +68,7 @@ impl Held<'_> {
     fn settle(&mut self, written: impl Fn(usize) -> bool, ok: bool, len: u64) {
         if !self.settled {
             self.settled = true;
-            self.engine.settle(self.b0, &self.crcs, written, ok, len);
+            self.engine.settle(self.b0, &self.fps, written, ok, len);
         }
     }
 }
@@ -191,10 +191,10 @@ impl Engine {
                 }
             }
         };
-        let crcs = Fingerprints::of(buf, bs as usize);
+        let fps = Fingerprints::of(buf, bs as usize);
         // Empty `need` (a plain write): no block is preserved, so every one is compare-checked.
         let needed = |i: usize| need.get(i).copied().unwrap_or(false);
-        if crcs
+        if fps
             .iter()
             .enumerate()
             .any(|(i, c)| !needed(i) && self.csum.get((b0 + i as u64) as u32) == Some(*c))
@@ -211,7 +211,7 @@ impl Engine {
                 _locks: locks,
                 _gate: gate,
                 b0,
-                crcs,
+                fps,
                 settled: false,
             },
             n,
@@ -391,15 +391,15 @@ impl CowWrite<'_> {
 
 impl Engine {
     /// The bookkeeping after a caller-driven write of `len` bytes from block `b0` whose new
-    /// data has checksums `crcs`, of which the blocks `written` picks were to be written. On
+    /// data has fingerprints `fps`, of which the blocks `written` picks were to be written. On
     /// success every block holds its new data: its checksum is recorded and the write counted.
     /// On failure a block that was to be written may hold either version, so its checksum is
     /// forgotten.
-    fn settle(&self, b0: u64, crcs: &[u32], written: impl Fn(usize) -> bool, ok: bool, len: u64) {
-        for (i, crc) in crcs.iter().enumerate() {
+    fn settle(&self, b0: u64, fps: &[u32], written: impl Fn(usize) -> bool, ok: bool, len: u64) {
+        for (i, fp) in fps.iter().enumerate() {
             let b = (b0 + i as u64) as u32;
             if ok {
-                self.csum.put(b, *crc);
+                self.csum.put(b, *fp);
             } else if written(i) {
                 self.csum.forget(b);
             }
@@ -409,7 +409,7 @@ impl Engine {
             add(&self.counters.write_bytes, len);
             add(
                 &self.counters.blocks_written,
-                (0..crcs.len()).filter(|&i| written(i)).count() as u64,
+                (0..fps.len()).filter(|&i| written(i)).count() as u64,
             );
         }
     }

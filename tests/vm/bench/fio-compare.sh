@@ -147,8 +147,6 @@ teardown_all() {
 }
 on_exit teardown_all
 
-# ---- fio ----------------------------------------------------------------------------
-
 # ---- CPU accounting: where each target's time goes ------------------------------------
 # The guest's CPU time (/proc/stat, all CPUs) and the ublk server's (every thread of the
 # processes holding /dev/ublkcN open; none for the kernel's loop and dm targets), sampled
@@ -171,7 +169,7 @@ server_pids() {
 
 # cpu_sample PID...  "user nice system idle iowait irq softirq srv_utime srv_stime" in ticks.
 cpu_sample() {
-    local g u=0 s=0 p rest
+    local g u=0 s=0 p rest f
     g=$(awk '$1 == "cpu" { print $2, $3, $4, $5, $6, $7, $8; exit }' /proc/stat)
     for p in "$@"; do
         # Fields after the parenthesised command name: utime and stime are the 12th and 13th.
@@ -193,6 +191,8 @@ cpu_json() {
     for i in "${!names[@]}"; do out+=", \"${names[i]}\": $((b[i] - a[i]))"; done
     echo "$out}"
 }
+
+# ---- fio ----------------------------------------------------------------------------
 
 # run_job REP TARGET JOB DEVICE  run bench/fio/JOB.fio on DEVICE, JSON to $OUT/fio/.
 run_job() {
