@@ -28,7 +28,7 @@
 #   BENCH_PERF_TARGETS runs under `perf record -a` and `perf stat -a`; needs perf on PATH)
 # Output in $VM_OUT: meta.json, fio/rREP-TARGET-JOB.json, status/rREP-TARGET.json,
 #   cpu/rREP-TARGET-JOB.json (guest CPU time and the ublk server's, over the fio run),
-#   with BENCH_PERF=1 also perf/rREP-TARGET-JOB.{report,stat}.txt.
+#   with BENCH_PERF=1 also perf/rREP-TARGET-JOB.{report,comm,sym,snapblk,stat}.txt.
 source "$(dirname "${BASH_SOURCE[0]}")/../scenarios/lib.sh"
 
 MODE=${BENCH_MODE:-quick}
@@ -232,6 +232,11 @@ run_fio() {
             >"$base.comm.txt" 2>&1
         perf report -i "$VM_SCRATCH/perf.data" --stdio --no-children --percent-limit 0.3 \
             --sort dso,sym >"$base.sym.txt" 2>&1
+        # The server's queue and commit threads alone, user and kernel, as shares of their
+        # own samples: the system-wide profile cut at 0.3% hides their long tail.
+        perf report -i "$VM_SCRATCH/perf.data" --stdio --no-children \
+            --comms snapblk,snapblk-commit --percentage relative --percent-limit 0.2 \
+            --sort dso,sym >"$base.snapblk.txt" 2>&1
         rm -f "$VM_SCRATCH/perf.data"
         return "$rc"
     fi
