@@ -1082,7 +1082,7 @@ impl Engine {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         // 1. Room for the preserved blocks, per request: one request failing for lack of room
         //    does not fail its neighbours.
-        let mut accepted: Vec<(usize, &Request, Vec<u64>)> = Vec::new();
+        let mut accepted: Vec<(usize, &Request, Vec<u64>)> = Vec::with_capacity(batch.len());
         // Whether a request of this group found no room: the store then stays marked full
         // even if a smaller one fitted, because writes needing a preserve are failing.
         let mut short_of_room = false;
@@ -1108,8 +1108,10 @@ impl Engine {
             return done(out);
         }
         // 2. Journal entries: preserves first, then events, in request order.
-        let mut entries = Vec::new();
-        let mut data: Vec<(u64, &[u8])> = Vec::new();
+        let preserved: usize = accepted.iter().map(|(_, r, _)| r.blocks.len()).sum();
+        let events: usize = accepted.iter().map(|(_, r, _)| r.meta.len()).sum();
+        let mut entries = Vec::with_capacity(preserved + events);
+        let mut data: Vec<(u64, &[u8])> = Vec::with_capacity(preserved);
         for (_, req, slots) in &accepted {
             for (k, (&block, &slot)) in req.blocks.iter().zip(slots).enumerate() {
                 let at = req.at[k];
@@ -1125,7 +1127,8 @@ impl Engine {
         }
         // 3. Pack into journal blocks; each names the slot of the next, allocated now.
         let cap = JournalBlock::capacity(self.bs);
-        let mut groups: Vec<Vec<Entry>> = vec![Vec::new()];
+        // Most groups fit one journal block.
+        let mut groups: Vec<Vec<Entry>> = vec![Vec::with_capacity(entries.len())];
         let mut used = 8; // bincode's length prefix
         for e in entries {
             let l = JournalBlock::entry_len(&e);

@@ -26,7 +26,11 @@ pub struct SlotRef {
 pub struct Delta {
     /// Blocks held, for set operations (diffs, restore).
     pub blocks: RoaringBitmap,
-    map: HashMap<u32, SlotRef>,
+    /// Every write after a snapshot and every commit looks blocks up here, and opening a
+    /// store rebuilds it (a million entries): a hasher of a few instructions per key rather
+    /// than std's SipHash, seeded per process like std's, so that a crafted store cannot
+    /// know in advance which block numbers collide.
+    map: HashMap<u32, SlotRef, rapidhash::fast::RandomState>,
 }
 
 impl Delta {

@@ -277,7 +277,8 @@ pub struct Span {
 impl CowWrite<'_> {
     fn spans(&self, pick: impl Fn(usize) -> bool) -> Vec<Span> {
         let bs = self.held.engine.bs as usize;
-        let mut out = Vec::new();
+        // One span in the common case (a write of consecutive blocks all needing the same).
+        let mut out = Vec::with_capacity(1);
         let mut i = 0;
         while i < self.n {
             if !pick(i) {
@@ -323,8 +324,8 @@ impl CowWrite<'_> {
             &e.counters.compare_reads,
             self.need.iter().filter(|&&x| x).count() as u64,
         );
-        let mut at = Vec::new();
-        let mut crcs = Vec::new();
+        let mut at = Vec::with_capacity(self.n);
+        let mut crcs = Vec::with_capacity(self.n);
         for i in (0..self.n).filter(|&i| self.need[i]) {
             let blk = i * bs..(i + 1) * bs;
             // The bytes themselves: a comparison stops at the first difference, and equal
