@@ -24,15 +24,22 @@ pub(crate) struct Request {
     pub meta: Vec<Entry>,
     /// Snapshot whose delta receives the preserved blocks.
     pub snap: u64,
-    /// Origin blocks being preserved.
-    pub blocks: Vec<u32>,
-    /// crc32 of each preserved block's original content, computed by the caller (in parallel
-    /// with other callers, rather than by the leader while everyone waits).
-    pub crcs: Vec<u32>,
-    /// For each preserved block, its index (in blocks) within `data`.
-    pub at: Vec<usize>,
-    /// The original contents; block `blocks[k]` is at block index `at[k]`.
+    /// The blocks being preserved (one list, not three: a first write builds one per request).
+    pub blocks: Vec<Kept>,
+    /// The original contents, at each [`Kept::at`].
     pub data: Scratch,
+}
+
+/// One block a [`Request`] preserves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Kept {
+    /// The origin block.
+    pub block: u32,
+    /// crc32 of its original content, computed by the caller (in parallel with other callers,
+    /// rather than by the leader while everyone waits).
+    pub crc: u32,
+    /// Its index (in blocks) within [`Request::data`].
+    pub at: u32,
 }
 
 impl Request {
@@ -42,8 +49,6 @@ impl Request {
             meta,
             snap: 0,
             blocks: Vec::new(),
-            crcs: Vec::new(),
-            at: Vec::new(),
             data: Scratch::take(0),
         }
     }
@@ -303,9 +308,13 @@ mod tests {
         Request {
             meta: Vec::new(),
             snap: 1,
-            blocks: (0..n as u32).collect(),
-            crcs: vec![0; n],
-            at: (0..n).collect(),
+            blocks: (0..n as u32)
+                .map(|b| Kept {
+                    block: b,
+                    crc: 0,
+                    at: b,
+                })
+                .collect(),
             data: Scratch::take(0),
         }
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use roaring::RoaringBitmap;
 use serde::Serialize;
 
-use crate::commit::{Committer, Request};
+use crate::commit::{Committer, Kept, Request};
 use crate::csum::{fingerprint, CsumCache};
 use crate::error::{Error, Result};
 use crate::format::{Entry, JournalBlock, MAX_BLOCK, MIN_BLOCK, SUPER_SLOTS};
@@ -968,13 +968,12 @@ impl Engine {
                 snap,
                 blocks: preserve
                     .iter()
-                    .map(|&i| (run.b0 + i as u64) as u32)
+                    .map(|&i| Kept {
+                        block: (run.b0 + i as u64) as u32,
+                        crc: crc32fast::hash(&run.old[i * bs..(i + 1) * bs]),
+                        at: i as u32,
+                    })
                     .collect(),
-                crcs: preserve
-                    .iter()
-                    .map(|&i| crc32fast::hash(&run.old[i * bs..(i + 1) * bs]))
-                    .collect(),
-                at: preserve,
                 data: std::mem::replace(&mut run.old, Scratch::take(0)),
             };
             let (res, back) = self.commit_back(req);
@@ -1113,13 +1112,13 @@ impl Engine {
         let mut entries = Vec::with_capacity(preserved + events);
         let mut data: Vec<(u64, &[u8])> = Vec::with_capacity(preserved);
         for (_, req, slots) in &accepted {
-            for (k, (&block, &slot)) in req.blocks.iter().zip(slots).enumerate() {
-                let at = req.at[k];
+            for (kept, &slot) in req.blocks.iter().zip(slots) {
+                let at = kept.at as usize;
                 entries.push(Entry::Preserve {
                     snap: req.snap,
-                    block,
+                    block: kept.block,
                     slot,
-                    crc: req.crcs[k],
+                    crc: kept.crc,
                 });
                 data.push((slot, &req.data[at * bs..(at + 1) * bs]));
             }

@@ -24,7 +24,7 @@
 //!   new data can reach the origin before its block's original and mapping are durable.
 
 use super::{add, Engine, MAX_RUN};
-use crate::commit::Request;
+use crate::commit::{Kept, Request};
 use crate::error::{Error, Result};
 use crate::io::BlockDev;
 use crate::locks::RangeGuard;
@@ -106,13 +106,57 @@ impl std::ops::Deref for Fingerprints {
     }
 }
 
+/// A set of a write step's blocks (by index within the step), as bits: a first write is
+/// admitted on every request's path, and two lists of flags were two heap allocations each.
+#[derive(Clone, Copy, Default)]
+struct BlockSet([u64; BlockSet::WORDS]);
+
+impl BlockSet {
+    const WORDS: usize = (MAX_RUN as usize).div_ceil(64);
+
+    /// Blocks `0..n` (n ≤ `MAX_RUN`).
+    fn first(n: usize) -> BlockSet {
+        let mut s = BlockSet::default();
+        for (k, w) in s.0.iter_mut().enumerate() {
+            let bits = n.saturating_sub(k * 64).min(64);
+            *w = if bits == 64 {
+                u64::MAX
+            } else {
+                (1 << bits) - 1
+            };
+        }
+        s
+    }
+
+    fn insert(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn remove(&mut self, i: usize) {
+        self.0[i / 64] &= !(1 << (i % 64));
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+}
+
 /// A write [`Engine::admit`] let through.
 struct Admission<'a> {
     held: Held<'a>,
     n: usize,
     /// The newest snapshot (0 when there is none).
     snap: u64,
-    need: Vec<bool>,
+    /// Blocks the newest snapshot still needs (empty for a plain write).
+    need: BlockSet,
 }
 
 impl Engine {
@@ -173,18 +217,22 @@ impl Engine {
             };
             let blocks = b0..b0 + n as u64;
             match ix.newest() {
-                // A plain write needs no list (nothing to preserve): no allocation for it.
-                None if !cow => (0, Vec::new()),
+                None if !cow => (0, BlockSet::default()),
                 None => return None,
                 Some(s) if !cow => {
                     if blocks.clone().any(|b| !s.delta.contains(b as u32)) {
                         return None;
                     }
-                    (s.id, Vec::new())
+                    (s.id, BlockSet::default())
                 }
                 Some(s) => {
-                    let need: Vec<bool> = blocks.map(|b| !s.delta.contains(b as u32)).collect();
-                    if !need.contains(&true) {
+                    let mut need = BlockSet::default();
+                    for (i, b) in blocks.enumerate() {
+                        if !s.delta.contains(b as u32) {
+                            need.insert(i);
+                        }
+                    }
+                    if need.is_empty() {
                         return None;
                     }
                     (s.id, need)
@@ -193,11 +241,10 @@ impl Engine {
         };
         let fps = Fingerprints::of(buf, bs as usize);
         // Empty `need` (a plain write): no block is preserved, so every one is compare-checked.
-        let needed = |i: usize| need.get(i).copied().unwrap_or(false);
         if fps
             .iter()
             .enumerate()
-            .any(|(i, c)| !needed(i) && self.csum.get((b0 + i as u64) as u32) == Some(*c))
+            .any(|(i, c)| !need.contains(i) && self.csum.get((b0 + i as u64) as u32) == Some(*c))
         {
             return None;
         }
@@ -242,9 +289,9 @@ pub struct CowWrite<'a> {
     n: usize,
     snap: u64,
     /// Blocks the newest snapshot still needs (their originals must be read and preserved).
-    need: Vec<bool>,
+    need: BlockSet,
     /// Blocks to write to the origin (cleared for a needed block found to hold the new bytes).
-    write: Vec<bool>,
+    write: BlockSet,
     /// The originals of the needed blocks, at their block index.
     old: Scratch,
     state: CowState,
@@ -302,7 +349,7 @@ impl CowWrite<'_> {
     /// The origin reads to issue before [`CowWrite::prepare`]: each span's bytes go to the same
     /// place (`at`) in [`CowWrite::old_mut`].
     pub fn reads(&self) -> Vec<Span> {
-        self.spans(|i| self.need[i])
+        self.spans(|i| self.need.contains(i))
     }
 
     /// The buffer the originals are read into (as long as the write; aligned for O_DIRECT).
@@ -320,26 +367,25 @@ impl CowWrite<'_> {
         }
         let bs = self.held.engine.bs as usize;
         let e = self.held.engine;
-        add(
-            &e.counters.compare_reads,
-            self.need.iter().filter(|&&x| x).count() as u64,
-        );
-        let mut at = Vec::with_capacity(self.n);
-        let mut crcs = Vec::with_capacity(self.n);
-        for i in (0..self.n).filter(|&i| self.need[i]) {
+        add(&e.counters.compare_reads, self.need.len() as u64);
+        let mut kept = Vec::with_capacity(self.need.len());
+        for i in (0..self.n).filter(|&i| self.need.contains(i)) {
             let blk = i * bs..(i + 1) * bs;
             // The bytes themselves: a comparison stops at the first difference, and equal
             // blocks must be compared in full whatever a checksum says.
             if self.old[blk.clone()] == new[blk.clone()] {
-                self.write[i] = false;
+                self.write.remove(i);
                 add(&e.counters.blocks_skipped, 1);
                 continue;
             }
-            at.push(i);
-            // The store record's checksum (crc32, as the format defines it).
-            crcs.push(crc32fast::hash(&self.old[blk]));
+            kept.push(Kept {
+                block: (self.held.b0 + i as u64) as u32,
+                // The store record's checksum (crc32, as the format defines it).
+                crc: crc32fast::hash(&self.old[blk]),
+                at: i as u32,
+            });
         }
-        if at.is_empty() {
+        if kept.is_empty() {
             self.state = CowState::Writable;
             return None;
         }
@@ -348,12 +394,7 @@ impl CowWrite<'_> {
             req: Request {
                 meta: Vec::new(),
                 snap: self.snap,
-                blocks: at
-                    .iter()
-                    .map(|&i| (self.held.b0 + i as u64) as u32)
-                    .collect(),
-                crcs,
-                at,
+                blocks: kept,
                 data: std::mem::replace(&mut self.old, Scratch::take(0)),
             },
         })
@@ -377,7 +418,7 @@ impl CowWrite<'_> {
         if self.state != CowState::Writable {
             return Vec::new();
         }
-        self.spans(|i| self.write[i])
+        self.spans(|i| self.write.contains(i))
     }
 
     /// Records the outcome of the caller's origin writes (`true`: every span written in full):
@@ -386,7 +427,7 @@ impl CowWrite<'_> {
         let ok = ok && self.state == CowState::Writable;
         let len = self.n as u64 * self.held.engine.bs as u64;
         let write = &self.write;
-        self.held.settle(|i| write[i], ok, len);
+        self.held.settle(|i| write.contains(i), ok, len);
     }
 }
 
@@ -426,7 +467,7 @@ impl Engine {
             held: a.held,
             n: a.n,
             snap: a.snap,
-            write: vec![true; a.n],
+            write: BlockSet::first(a.n),
             need: a.need,
             old: Scratch::take(a.n * self.bs as usize),
             state: CowState::Reading,
@@ -505,6 +546,26 @@ mod tests {
     use std::sync::Arc;
 
     const BS: usize = 4096;
+
+    #[test]
+    fn a_block_set_holds_exactly_its_blocks_across_word_edges() {
+        use super::{BlockSet, MAX_RUN};
+        let max = MAX_RUN as usize;
+        for n in [0, 1, 63, 64, 65, 128, 200, max] {
+            let s = BlockSet::first(n);
+            assert_eq!(s.len(), n, "first({n})");
+            assert_eq!(s.is_empty(), n == 0);
+            assert!((0..max).all(|i| s.contains(i) == (i < n)), "first({n})");
+        }
+        let mut s = BlockSet::first(max);
+        s.remove(0);
+        s.remove(64);
+        s.remove(max - 1);
+        assert_eq!(s.len(), max - 3);
+        assert!(!s.contains(64) && s.contains(63) && s.contains(65));
+        // Past the end is never a member.
+        assert!(!s.contains(max));
+    }
 
     fn engine() -> (Engine, Arc<MemDev>) {
         let origin = Arc::new(MemDev::new("origin", 64 * BS as u64, false));
