@@ -83,8 +83,18 @@ impl ReadAhead {
             let cap = (self.buf.len() / self.block_size) as u64;
             let n = cap.min(dev_slots.saturating_sub(slot)).max(1);
             let len = n as usize * self.block_size;
+            let off = slot * self.block_size as u64;
             self.valid = 0;
-            dev.read_at(&mut self.buf[..len], slot * self.block_size as u64)?;
+            let n = match dev.read_at(&mut self.buf[..len], off) {
+                Ok(()) => n,
+                // An unreadable slot among the ones read ahead (a preserved block, say) must
+                // not fail a replay that never needed it: read the one block asked for.
+                Err(_) if n > 1 => {
+                    dev.read_at(&mut self.buf[..self.block_size], off)?;
+                    1
+                }
+                Err(e) => return Err(e),
+            };
             self.start = slot;
             self.valid = n;
         }

@@ -626,47 +626,121 @@ fn a_store_capped_below_its_growth_step_fills_cleanly_with_large_writes() {
     );
 }
 
-#[test]
-fn replay_reads_the_journal_and_the_last_groups_data_in_runs_not_block_by_block() {
-    // 64 writes of 16 blocks after a snapshot, one at a time: 64 commit groups, each with
-    // one journal block and 16 preserved blocks in consecutive slots (the shape of 4 KiB
-    // first writes committed in groups of about 16).
-    const RUN: usize = 16;
-    const WRITES: usize = 64;
-    let o: Arc<dyn BlockDev> = Arc::new(MemDev::new("o", (RUN * WRITES * BS) as u64, false));
-    let s: Arc<dyn BlockDev> = Arc::new(MemDev::new("s", 0, true));
-    let opts = OpenOptions {
+/// 64 writes of 16 blocks after snapshot "a", one at a time, dropped without close: 64 commit
+/// groups, each with one journal block and 16 preserved blocks in consecutive slots (the shape
+/// of 4 KiB first writes committed in groups of about 16), all to be replayed on open.
+const REPLAY_RUN: usize = 16;
+const REPLAY_WRITES: usize = 64;
+
+fn replay_data(w: usize) -> Vec<u8> {
+    (0..REPLAY_RUN * BS)
+        .map(|i| (w * 7 + i / BS + 1) as u8)
+        .collect()
+}
+
+fn replay_opts() -> OpenOptions {
+    OpenOptions {
         checkpoint_every: 1 << 20,
         ..OpenOptions::default()
-    };
-    let e = Engine::format(o.clone(), s.clone(), &opts).unwrap();
-    e.create_snapshot("a").unwrap();
-    let data =
-        |w: usize| -> Vec<u8> { (0..RUN * BS).map(|i| (w * 7 + i / BS + 1) as u8).collect() };
-    for w in 0..WRITES {
-        e.write((w * RUN * BS) as u64, &data(w)).unwrap();
     }
-    drop(e); // no close: every group must be replayed, the last one verified against its data
-    let counted = Arc::new(CountingDev::new(s));
-    let e = Engine::open(o, counted.clone(), &opts).unwrap();
-    let r = e.recovery();
-    assert!(r.journal_blocks >= WRITES as u64, "{r:?}");
-    assert_eq!(r.groups_dropped, 0, "{r:?}");
-    let reads = counted.counts().0;
-    // Block by block this took a read per journal block plus one per preserved block of
-    // the last group (over 80).
-    assert!(
-        reads < r.journal_blocks / 2,
-        "{reads} store reads to replay {} journal blocks",
-        r.journal_blocks
-    );
-    // And what was replayed is right: the snapshot still reads as zeros, the device as written.
-    let mut buf = vec![1u8; RUN * BS];
-    for w in [0, WRITES / 2, WRITES - 1] {
-        e.read((w * RUN * BS) as u64, &mut buf).unwrap();
-        assert_eq!(buf, data(w), "device, write {w}");
-        e.read_snapshot("a", (w * RUN * BS) as u64, &mut buf)
+}
+
+fn store_needing_replay() -> (Arc<dyn BlockDev>, Arc<dyn BlockDev>) {
+    let o: Arc<dyn BlockDev> = Arc::new(MemDev::new(
+        "o",
+        (REPLAY_RUN * REPLAY_WRITES * BS) as u64,
+        false,
+    ));
+    let s: Arc<dyn BlockDev> = Arc::new(MemDev::new("s", 0, true));
+    let e = Engine::format(o.clone(), s.clone(), &replay_opts()).unwrap();
+    e.create_snapshot("a").unwrap();
+    for w in 0..REPLAY_WRITES {
+        e.write((w * REPLAY_RUN * BS) as u64, &replay_data(w))
             .unwrap();
+    }
+    drop(e);
+    (o, s)
+}
+
+/// The device reads as written and snapshot "a" as zeros, as before the replay.
+fn assert_replayed(e: &Engine) {
+    let r = e.recovery();
+    assert!(r.journal_blocks >= REPLAY_WRITES as u64, "{r:?}");
+    assert_eq!(r.groups_dropped, 0, "{r:?}");
+    let mut buf = vec![1u8; REPLAY_RUN * BS];
+    for w in [0, REPLAY_WRITES / 2, REPLAY_WRITES - 1] {
+        let off = (w * REPLAY_RUN * BS) as u64;
+        e.read(off, &mut buf).unwrap();
+        assert_eq!(buf, replay_data(w), "device, write {w}");
+        e.read_snapshot("a", off, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 0), "snapshot, write {w}");
     }
+}
+
+#[test]
+fn replay_reads_the_journal_and_the_last_groups_data_in_runs_not_block_by_block() {
+    let (o, s) = store_needing_replay();
+    let counted = Arc::new(CountingDev::new(s));
+    let e = Engine::open(o, counted.clone(), &replay_opts()).unwrap();
+    let reads = counted.counts().0;
+    let journal = e.recovery().journal_blocks;
+    // Block by block this took a read per journal block plus one per preserved block of
+    // the last group (89).
+    assert!(
+        reads < journal / 2,
+        "{reads} store reads to replay {journal} journal blocks"
+    );
+    assert_replayed(&e);
+}
+
+/// While armed, fails every read of more than one block: the read-ahead's, during open.
+struct NoLongReads {
+    inner: Arc<dyn BlockDev>,
+    armed: std::sync::atomic::AtomicBool,
+    refused: AtomicU64,
+}
+
+impl BlockDev for NoLongReads {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        if buf.len() > BS && self.armed.load(Ordering::Relaxed) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        self.inner.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, off)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn can_grow(&self) -> bool {
+        true
+    }
+    fn grow_to(&self, len: u64) -> std::io::Result<()> {
+        self.inner.grow_to(len)
+    }
+    fn name(&self) -> String {
+        "no-long-reads".into()
+    }
+}
+
+#[test]
+fn an_unreadable_slot_in_the_read_ahead_does_not_fail_a_replay_that_never_needed_it() {
+    let (o, s) = store_needing_replay();
+    let dev = Arc::new(NoLongReads {
+        inner: s,
+        armed: true.into(),
+        refused: AtomicU64::new(0),
+    });
+    let e = Engine::open(o, dev.clone(), &replay_opts()).unwrap();
+    dev.armed.store(false, Ordering::Relaxed);
+    assert!(
+        dev.refused.load(Ordering::Relaxed) > 0,
+        "no read-ahead was tried"
+    );
+    assert_replayed(&e);
 }
