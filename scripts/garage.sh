@@ -10,7 +10,7 @@ case ${1:-ensure} in
         if garage --version 2>/dev/null | grep -qF "$version"; then
             exit 0
         fi
-        echo "garage: building Garage $version from crates.io source (cached afterwards in ~/.cargo/bin)" >&2
+        echo "garage: building Garage $version from its published crate source (cached afterwards in ~/.cargo/bin)" >&2
         cargo install garage --version "$version" --locked --quiet
         ;;
     *)
