@@ -49,17 +49,10 @@ pub trait BlockDev: Send + Sync {
     /// joins them in one buffer; a device that can take the pieces as they are (a file,
     /// through `pwritev`) overrides it and saves the copy.
     fn write_vectored_at(&self, bufs: &[&[u8]], off: u64) -> io::Result<()> {
-        if let [one] = bufs {
-            return self.write_at(one, off);
+        match bufs {
+            [one] => self.write_at(one, off),
+            _ => self.write_at(&joined(bufs), off),
         }
-        let total = bufs.iter().map(|b| b.len()).sum();
-        let mut joined = crate::scratch::Scratch::take(total);
-        let mut at = 0;
-        for b in bufs {
-            joined[at..at + b.len()].copy_from_slice(b);
-            at += b.len();
-        }
-        self.write_at(&joined, off)
     }
     /// Makes every completed write durable.
     fn sync(&self) -> io::Result<()>;
@@ -311,6 +304,17 @@ impl FileDev {
     }
 }
 
+/// `bufs` copied back to back into one pooled (O_DIRECT-aligned) buffer.
+fn joined(bufs: &[&[u8]]) -> crate::scratch::Scratch {
+    let mut out = crate::scratch::Scratch::take(bufs.iter().map(|b| b.len()).sum());
+    let mut at = 0;
+    for b in bufs {
+        out[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    }
+    out
+}
+
 /// Writes every byte of `bufs` back to back from `off`, retrying short writes and EINTR.
 fn pwritev_all(file: &File, bufs: &[&[u8]], mut off: u64) -> io::Result<()> {
     // Pieces that follow each other in memory (the blocks of one preserve) go as one iovec:
@@ -411,19 +415,15 @@ impl BlockDev for FileDev {
     }
 
     fn write_vectored_at(&self, bufs: &[&[u8]], off: u64) -> io::Result<()> {
-        if bufs.len() == 1 || (self.direct && !bufs.iter().all(|b| is_aligned(b, off))) {
-            // One piece, or pieces O_DIRECT cannot take as they are: the joined buffer's
-            // bounce handling covers them.
-            let total = bufs.iter().map(|b| b.len()).sum();
-            let mut joined = crate::scratch::Scratch::take(total);
-            let mut at = 0;
-            for b in bufs {
-                joined[at..at + b.len()].copy_from_slice(b);
-                at += b.len();
+        match bufs {
+            [one] => self.write_at(one, off),
+            // Pieces O_DIRECT cannot take as they are: write_at's bounce handling covers the
+            // joined buffer.
+            _ if self.direct && !bufs.iter().all(|b| is_aligned(b, off)) => {
+                self.write_at(&joined(bufs), off)
             }
-            return self.write_at(&joined, off);
+            _ => pwritev_all(&self.file, bufs, off),
         }
-        pwritev_all(&self.file, bufs, off)
     }
 
     fn sync(&self) -> io::Result<()> {
