@@ -691,20 +691,13 @@ impl Store {
             while j < items.len() && items[j].0 == items[j - 1].0 + 1 {
                 j += 1;
             }
-            let off = items[i].0 * bs as u64;
-            if j == i + 1 {
-                let s = src(items[i].1);
-                self.dev
-                    .write_at(s, off)
-                    .map_err(|e| self.io_err("append", e))?;
-            } else {
-                // The pieces go as they are: joining them first copied every preserved block
-                // once more, a quarter of a restore's CPU (bench/README.md, 2026-12-04).
-                let pieces: Vec<&[u8]> = items[i..j].iter().map(|it| src(it.1)).collect();
-                self.dev
-                    .write_vectored_at(&pieces, off)
-                    .map_err(|e| self.io_err("append", e))?;
-            }
+            // The pieces go as they are (one piece is a plain write): joining them first copied
+            // every preserved block once more, a quarter of a restore's CPU (bench/README.md,
+            // 2026-12-04).
+            let pieces: Vec<&[u8]> = items[i..j].iter().map(|it| src(it.1)).collect();
+            self.dev
+                .write_vectored_at(&pieces, items[i].0 * bs as u64)
+                .map_err(|e| self.io_err("append", e))?;
             i = j;
         }
         Ok(())
