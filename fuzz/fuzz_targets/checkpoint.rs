@@ -20,7 +20,7 @@ fn exercise(b: &[u8]) {
         ),
         Err(e) => panic!("decoded checkpoint does not re-encode: {e}"),
     }
-    if let Ok(ix) = Index::from_checkpoint(&body, 2..3) {
+    if let Ok(ix) = Index::from_checkpoint(&body, 2..3, 1 << 20) {
         let _ = ix.alloc.used();
         let _ = ix.alloc.available();
         for pos in 0..ix.snaps.len() {

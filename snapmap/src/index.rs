@@ -381,10 +381,20 @@ impl Index {
         }
     }
 
-    /// Rebuilds the index from a checkpoint stored in `slots`.
+    /// Rebuilds the index from a checkpoint stored in `slots`, for an origin of `nblocks`
+    /// blocks.
+    ///
+    /// The checkpoint's crc proves its bytes are the ones written, not that they describe a
+    /// possible store, so everything the engine later relies on without looking again is
+    /// checked here: blocks inside the origin (restore writes them back), snapshot ids in
+    /// chain order and names unique (lookups take the first match), and every preserved
+    /// slot owned by exactly one delta and by nothing else (the allocator would otherwise
+    /// hand a live slot out again, and a new preserve would overwrite another snapshot's
+    /// data).
     pub fn from_checkpoint(
         c: &CheckpointBody,
         slots: std::ops::Range<u64>,
+        nblocks: u64,
     ) -> Result<Self, ApplyError> {
         // Untrusted lists: every slot they name must lie in the store's used range, or the
         // allocator's arithmetic (used = high water - free) stops meaning anything.
@@ -411,13 +421,38 @@ impl Index {
             alloc.free(s);
         }
         let mut snaps = Vec::with_capacity(c.snapshots.len());
+        let mut names = std::collections::HashSet::with_capacity(c.snapshots.len());
+        let mut owned = RoaringTreemap::new();
+        let mut prev_id = None;
         for r in &c.snapshots {
+            if prev_id.is_some_and(|p| r.id <= p) || r.id >= c.next_snapshot_id {
+                return Err(ApplyError(format!(
+                    "snapshot id {} is out of order (ids must rise along the chain and stay below {})",
+                    r.id, c.next_snapshot_id
+                )));
+            }
+            prev_id = Some(r.id);
+            if !names.insert(r.name.as_str()) {
+                return Err(ApplyError(format!("two snapshots are named {:?}", r.name)));
+            }
             let mut d = Delta::default();
             d.map.reserve(r.delta.len());
             for &(b, slot, crc) in &r.delta {
-                if slot >= c.high_water || slot < SUPER_SLOTS {
+                if slot >= c.high_water || slot < SUPER_SLOTS || slots.contains(&slot) {
                     return Err(ApplyError(format!(
-                        "snapshot {} maps block {b} to slot {slot} outside the store",
+                        "snapshot {} maps block {b} to slot {slot} outside the store's data",
+                        r.id
+                    )));
+                }
+                if u64::from(b) >= nblocks {
+                    return Err(ApplyError(format!(
+                        "snapshot {} preserves block {b}, past the origin's {nblocks} blocks",
+                        r.id
+                    )));
+                }
+                if !owned.insert(slot) {
+                    return Err(ApplyError(format!(
+                        "slot {slot} holds two preserved blocks (snapshot {} block {b} and another)",
                         r.id
                     )));
                 }
@@ -438,6 +473,17 @@ impl Index {
                 internal: r.internal,
                 delta: d,
             });
+        }
+        if let Some(s) = c
+            .free
+            .iter()
+            .chain(&c.free_on_load)
+            .chain(&c.retained)
+            .find(|s| owned.contains(**s))
+        {
+            return Err(ApplyError(format!(
+                "slot {s} is listed as free or as metadata but holds a preserved block"
+            )));
         }
         Ok(Index {
             snaps,
@@ -559,7 +605,7 @@ mod tests {
         }
         ix.alloc.free(11);
         let c = ix.to_checkpoint(4, 15, vec![13], vec![]);
-        let back = Index::from_checkpoint(&c, 16..17).unwrap();
+        let back = Index::from_checkpoint(&c, 16..17, 100).unwrap();
         assert_eq!(back.snaps.len(), 2);
         assert_eq!(back.resolve(0, 9).unwrap().slot, 10);
         assert_eq!(back.resolve(0, 2).unwrap().slot, 14);
@@ -567,5 +613,61 @@ mod tests {
         assert!(back.alloc.is_free(11));
         assert!(back.alloc.is_free(13));
         assert_eq!(back.next_id, 3);
+    }
+
+    fn two_snapshot_checkpoint() -> CheckpointBody {
+        let mut ix = Index::empty();
+        for e in [created(1), pres(1, 9, 10), created(2), pres(2, 9, 12)] {
+            ix.apply(&e).unwrap();
+        }
+        ix.to_checkpoint(4, 13, vec![], vec![])
+    }
+
+    fn refusal(c: &CheckpointBody) -> String {
+        match Index::from_checkpoint(c, 14..15, 100) {
+            Ok(_) => panic!("an impossible checkpoint was accepted"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_giving_one_slot_to_two_deltas_is_refused() {
+        let mut c = two_snapshot_checkpoint();
+        c.snapshots[1].delta[0].1 = 10;
+        assert!(refusal(&c).contains("slot 10 holds two preserved blocks"));
+    }
+
+    #[test]
+    fn a_checkpoint_listing_a_live_slot_as_free_is_refused() {
+        let mut c = two_snapshot_checkpoint();
+        c.free.push(12);
+        assert!(refusal(&c).contains("slot 12 is listed as free"));
+        let mut c = two_snapshot_checkpoint();
+        c.retained.push(10);
+        assert!(refusal(&c).contains("slot 10 is listed as free or as metadata"));
+        let mut c = two_snapshot_checkpoint();
+        c.snapshots[0].delta[0].1 = 14;
+        assert!(refusal(&c).contains("outside the store's data"));
+    }
+
+    #[test]
+    fn a_checkpoint_preserving_a_block_past_the_origin_is_refused() {
+        let c = two_snapshot_checkpoint();
+        let e = Index::from_checkpoint(&c, 14..15, 9).err().unwrap().0;
+        assert!(e.contains("block 9, past the origin's 9 blocks"), "{e}");
+        assert!(Index::from_checkpoint(&c, 14..15, 10).is_ok());
+    }
+
+    #[test]
+    fn a_checkpoint_with_snapshot_ids_out_of_order_or_names_twice_is_refused() {
+        let mut c = two_snapshot_checkpoint();
+        c.snapshots[1].id = 1;
+        assert!(refusal(&c).contains("snapshot id 1 is out of order"));
+        let mut c = two_snapshot_checkpoint();
+        c.next_snapshot_id = 2;
+        assert!(refusal(&c).contains("snapshot id 2 is out of order"));
+        let mut c = two_snapshot_checkpoint();
+        c.snapshots[1].name = c.snapshots[0].name.clone();
+        assert!(refusal(&c).contains("two snapshots are named"));
     }
 }

@@ -2,7 +2,7 @@
 //! replay), appending commit groups, and writing checkpoints. Ordering rules live here, next to
 //! the writes they order; `FORMAT.md` explains why they are enough.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::{
@@ -115,6 +115,10 @@ pub struct Store {
 /// Default growth step of a store file, in bytes.
 pub const GROW_STEP: u64 = 16 << 20;
 
+/// Room a checkpoint may take for its snapshot records beyond 16 bytes per slot: a record is
+/// at most 233 bytes, so this is over a million snapshots.
+const CHECKPOINT_SNAPSHOT_ROOM: u64 = 256 << 20;
+
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -197,13 +201,15 @@ impl Store {
             .dev
             .write_at(&zero, journal_slot * block_size as u64)
             .map_err(|e| store.io_err("format", e))?;
-        if !store.write_checkpoint(&mut ix, pos)? {
+        let index = RwLock::new(ix);
+        if !store.write_checkpoint(&index, pos)? {
             return Err(Error::StoreFull {
                 store: store.dev.name(),
                 used_bytes: 0,
                 capacity_bytes: store.dev.len().unwrap_or(0),
             });
         }
+        let ix = index.into_inner().unwrap_or_else(|p| p.into_inner());
         Ok((store, ix, pos))
     }
 
@@ -337,12 +343,23 @@ impl Store {
             .slot
             .checked_add(cp.slots)
             .is_some_and(|end| end <= dev_slots);
-        if cp.slots == 0 || !fits || cp.len > cp.slots * bs || cp.slot < SUPER_SLOTS {
+        // A checkpoint records each slot at most once, in 16 bytes at most (a preserve; a free
+        // or metadata slot takes 8), plus its snapshot records. Bounding its length by that
+        // keeps a forged superblock from sizing the buffer below by the whole store.
+        let most = dev_slots
+            .saturating_mul(16)
+            .saturating_add(CHECKPOINT_SNAPSHOT_ROOM);
+        if cp.slots == 0
+            || !fits
+            || cp.len > cp.slots * bs
+            || cp.len > most
+            || cp.slot < SUPER_SLOTS
+        {
             return Err(self.corrupt(format!(
                 "superblock names an impossible checkpoint {cp:?} (the store has {dev_slots} slots)"
             )));
         }
-        let mut buf = AlignedBuf::zeroed((cp.slots * bs) as usize);
+        let mut buf = AlignedBuf::zeroed((cp.len.div_ceil(bs) * bs) as usize);
         self.dev
             .read_at(&mut buf, cp.slot * bs)
             .map_err(|e| self.io_err("read checkpoint", e))?;
@@ -359,7 +376,8 @@ impl Store {
                 body.high_water, body.journal_slot
             )));
         }
-        let mut ix = Index::from_checkpoint(&body, cp.slot..cp.slot + cp.slots)
+        let nblocks = self.sb.origin_size / bs;
+        let mut ix = Index::from_checkpoint(&body, cp.slot..cp.slot + cp.slots, nblocks)
             .map_err(|e| self.corrupt(e.0))?;
         let mut pos = JournalPos {
             seq: body.next_seq,
@@ -537,12 +555,30 @@ impl Store {
         // When replaying from an older checkpoint (the newer superblock copy was damaged),
         // later history may reuse slots that checkpoint still retains: that history freed
         // them, so they are no longer retained.
+        let nblocks = self.sb.origin_size / bs;
+        let next = g.last().map(|(_, jb)| jb.next_slot);
         for (slot, jb) in g {
             ix.alloc.mark_used(*slot);
             ix.retained.remove(slot);
             ix.journal_slots.push(*slot);
             for e in &jb.entries {
-                if let Entry::Preserve { slot, .. } = e {
+                if let Entry::Preserve { slot, block, .. } = e {
+                    // The group took each preserve's slot from the free ones when it was
+                    // written; one still in use here (another delta's data, a journal or
+                    // checkpoint block) would be handed out twice, and restore writes every
+                    // preserved block back to the origin.
+                    let taken = !ix.alloc.is_free(*slot) && !ix.retained.contains(slot);
+                    if taken || Some(*slot) == next || u64::from(*block) >= nblocks {
+                        return Err(self.corrupt(format!(
+                            "journal block {} preserves block {block} into slot {slot}, {}",
+                            jb.seq,
+                            if u64::from(*block) >= nblocks {
+                                format!("past the origin's {nblocks} blocks")
+                            } else {
+                                "a slot that is already in use".to_string()
+                            }
+                        )));
+                    }
                     ix.retained.remove(slot);
                 }
                 ix.apply(e)
@@ -708,39 +744,65 @@ impl Store {
         self.dev.sync().map_err(|e| self.io_err("sync", e))
     }
 
-    /// Writes a checkpoint of `ix` as of journal position `pos` and points the superblock at it.
-    /// Returns false (and changes nothing) when the store has no room for it.
+    /// Writes a checkpoint of the index as of journal position `pos` and points the superblock
+    /// at it. Returns false (and changes nothing) when the store has no room for it.
+    ///
+    /// The caller must be the only one changing the index until this returns (the engine
+    /// holds its writer). The index is then only read while the checkpoint is encoded and
+    /// locked for writing twice, briefly, to reserve its slots and to free what it replaces:
+    /// its writes and syncs, tens of milliseconds for a million preserved blocks, run while
+    /// reads and writes that preserve nothing go on.
     ///
     /// Order: checkpoint bytes → sync → superblock → sync → only then free the journal blocks
     /// and the previous checkpoint it replaces. A crash at any point leaves the previous
     /// superblock naming a checkpoint and journal that are both still intact.
-    pub fn write_checkpoint(&mut self, ix: &mut Index, pos: JournalPos) -> Result<bool> {
+    pub fn write_checkpoint(&mut self, index: &RwLock<Index>, pos: JournalPos) -> Result<bool> {
         let bs = self.sb.block_size as u64;
+        let read = || index.read().unwrap_or_else(|p| p.into_inner());
+        let write = || index.write().unwrap_or_else(|p| p.into_inner());
         // The checkpoint before the current one, and its journal, become free; the current
         // one and the journal since are kept one more round for the other superblock copy.
-        let obsolete: Vec<u64> = ix.retained.iter().copied().collect();
-        let mut keep: Vec<u64> = ix.journal_slots.clone();
-        keep.extend(ix.checkpoint_slots.clone());
-        let probe = ix.to_checkpoint(pos.seq, pos.slot, obsolete.clone(), keep.clone());
-        let len = probe
-            .encoded_len()
-            .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))? as u64;
-        let n = len.div_ceil(bs);
-        let Some(start) = ix.alloc.alloc_run_at_end(n) else {
-            return Ok(false);
+        let (mut body, obsolete, keep, len) = {
+            let ix = read();
+            let obsolete: Vec<u64> = ix.retained.iter().copied().collect();
+            let mut keep: Vec<u64> = ix.journal_slots.clone();
+            keep.extend(ix.checkpoint_slots.clone());
+            let body = ix.to_checkpoint(pos.seq, pos.slot, obsolete.clone(), keep.clone());
+            let len = body
+                .encoded_len()
+                .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?
+                as u64;
+            (body, obsolete, keep, len)
         };
-        if let Err(e) = self.ensure_slots(start + n) {
+        let n = len.div_ceil(bs);
+        let start = {
+            let mut ix = write();
+            let Some(start) = ix.alloc.alloc_run_at_end(n) else {
+                return Ok(false);
+            };
+            // Allocating at the end changes only the high-water mark (fixed width), so the
+            // length computed above holds.
+            body.high_water = ix.alloc.high_water();
+            start
+        };
+        let give_back = || {
+            let mut ix = write();
             for s in start..start + n {
                 ix.alloc.free(s);
             }
+        };
+        if let Err(e) = self.ensure_slots(start + n) {
+            give_back();
             let (GroupError::Write(e) | GroupError::Sync(e)) = e;
             return Err(e);
         }
-        // Allocating at the end changes only the high-water mark (fixed width), so the size holds.
-        let body = ix.to_checkpoint(pos.seq, pos.slot, obsolete.clone(), keep.clone());
-        let bytes = body
-            .encode(self.sb.block_size)
-            .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?;
+        let bytes = match body.encode(self.sb.block_size) {
+            Ok(b) => b,
+            Err(e) => {
+                give_back();
+                return Err(Error::Invalid(format!("checkpoint: {e}")));
+            }
+        };
         debug_assert!(bytes.len() as u64 <= n * bs);
         let aligned = AlignedBuf::from_slice(&bytes);
         let written = self
@@ -750,9 +812,7 @@ impl Store {
             .and_then(|_| self.sync());
         if let Err(e) = written {
             // Nothing points at the new slots: give them back.
-            for s in start..start + n {
-                ix.alloc.free(s);
-            }
+            give_back();
             return Err(e);
         }
         let old = self.sb.checkpoint;
@@ -763,9 +823,11 @@ impl Store {
             crc: crc32fast::hash(&bytes[..len as usize]),
         };
         if let Err(e) = self.write_superblock() {
+            // The superblock may have reached the disk naming the new slots: they stay in use.
             self.sb.checkpoint = old;
             return Err(e);
         }
+        let mut ix = write();
         for s in obsolete {
             ix.alloc.free(s);
         }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use snapmap::format::{JournalBlock, Superblock, FORMAT_VERSION};
+use snapmap::format::{Entry, JournalBlock, Superblock, FORMAT_VERSION};
 use snapmap::{BlockDev, Engine, Error, MemDev, OpenOptions};
 
 const BS: usize = 4096;
@@ -253,4 +253,112 @@ fn an_origin_of_another_size_is_refused_without_touching_the_store() {
         .expect("short origin accepted");
     assert!(matches!(err, Error::OriginSize { .. }), "{err}");
     assert!(contents(&sd) == f.store, "store was modified");
+}
+
+/// Rewrites the first preserve of the oldest journal group written after the newest checkpoint
+/// (a group with successors, so replay applies it without re-reading its data) through `edit`,
+/// and seals the block again: its checksum is valid, its content is not.
+fn forge_journal_preserve(f: &Fixture, edit: impl Fn(&mut Entry, &[u8])) -> Vec<u8> {
+    let (_, sb) = newest_superblock(&f.store);
+    let uuid = sb.uuid;
+    let mut blocks: Vec<(usize, JournalBlock)> = (2..f.store.len() / BS)
+        .filter_map(|k| {
+            JournalBlock::decode(&uuid, &f.store[k * BS..(k + 1) * BS])
+                .ok()
+                .map(|j| (k, j))
+        })
+        .filter(|(_, j)| {
+            j.entries
+                .iter()
+                .any(|e| matches!(e, Entry::Preserve { block, .. } if (16..24).contains(block)))
+        })
+        .collect();
+    blocks.sort_by_key(|(_, j)| j.seq);
+    let (k, mut jb) = blocks
+        .first()
+        .cloned()
+        .expect("a journal block after the checkpoint");
+    let e = jb
+        .entries
+        .iter_mut()
+        .find(|e| matches!(e, Entry::Preserve { .. }))
+        .expect("a preserve");
+    edit(e, &f.store);
+    let mut s = f.store.clone();
+    jb.encode_into(&uuid, &mut s[k * BS..(k + 1) * BS]).unwrap();
+    s
+}
+
+#[test]
+fn a_sealed_journal_preserve_into_a_live_slot_is_refused() {
+    let f = fixture();
+    let e = open(&f.origin, &f.store).unwrap();
+    // Block 0 was preserved before the first checkpoint: its slot is live in the checkpoint.
+    let (_, live) = e.preserved_slots("a").unwrap()[0];
+    drop(e);
+    let s = forge_journal_preserve(&f, |entry, store| {
+        if let Entry::Preserve { slot, crc, .. } = entry {
+            let at = live as usize * BS;
+            *slot = live;
+            *crc = crc32fast::hash(&store[at..at + BS]);
+        }
+    });
+    let err = open(&f.origin, &s)
+        .err()
+        .expect("opened a journal that hands a live slot out twice");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("already in use"), "{err}");
+}
+
+#[test]
+fn a_sealed_journal_preserve_past_the_origin_is_refused() {
+    let f = fixture();
+    let s = forge_journal_preserve(&f, |entry, _| {
+        if let Entry::Preserve { block, .. } = entry {
+            *block = BLOCKS as u32 + 5;
+        }
+    });
+    let err = open(&f.origin, &s)
+        .err()
+        .expect("opened a journal that preserves a block past the origin");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains("past the origin's 32 blocks"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_forged_checkpoint_length_on_a_huge_store_is_refused_before_anything_is_read() {
+    let f = fixture();
+    // A sparse 1 TiB store file with the fixture's bytes at its start: a superblock naming a
+    // checkpoint over nearly all of it must not make the open allocate and read a terabyte.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(1 << 40).unwrap();
+    let mut s = f.store.clone();
+    for (off, mut sb) in superblocks(&f.store) {
+        let slots = (1u64 << 40) / BS as u64 - 2;
+        sb.checkpoint.slot = 2;
+        sb.checkpoint.slots = slots;
+        sb.checkpoint.len = slots * BS as u64;
+        s[off..off + 4096].copy_from_slice(&sb.encode());
+    }
+    std::os::unix::fs::FileExt::write_all_at(&file, &s, 0).unwrap();
+    drop(file);
+    let (od, _) = devs(&f.origin, &f.store);
+    let sd: Arc<dyn BlockDev> = Arc::new(snapmap::FileDev::open(&path, false, true).unwrap());
+    let err = Engine::open(
+        od,
+        sd,
+        &OpenOptions {
+            read_only: true,
+            ..opts()
+        },
+    )
+    .err()
+    .expect("opened a store whose checkpoint spans a terabyte");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("impossible checkpoint"), "{err}");
 }

@@ -744,3 +744,150 @@ fn an_unreadable_slot_in_the_read_ahead_does_not_fail_a_replay_that_never_needed
     );
     assert_replayed(&e);
 }
+
+/// A store whose syncs or reads can be held: while `held` names an operation, that operation
+/// waits (and says so through `entered`) until `held` is cleared.
+struct Held {
+    inner: Arc<dyn BlockDev>,
+    held: std::sync::Mutex<Option<&'static str>>,
+    cv: std::sync::Condvar,
+    entered: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Held {
+    fn new(inner: Arc<dyn BlockDev>) -> (Arc<Held>, std::sync::mpsc::Receiver<()>) {
+        let (entered, rx) = std::sync::mpsc::sync_channel(1);
+        let h = Held {
+            inner,
+            held: std::sync::Mutex::new(None),
+            cv: std::sync::Condvar::new(),
+            entered,
+        };
+        (Arc::new(h), rx)
+    }
+
+    fn hold(&self, op: Option<&'static str>) {
+        *self.held.lock().unwrap() = op;
+        self.cv.notify_all();
+    }
+
+    fn gate(&self, op: &str) {
+        let mut held = self.held.lock().unwrap();
+        if *held == Some(op) {
+            let _ = self.entered.try_send(());
+            while *held == Some(op) {
+                held = self.cv.wait(held).unwrap();
+            }
+        }
+    }
+}
+
+impl BlockDev for Held {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.gate("read");
+        self.inner.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, off)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.gate("sync");
+        self.inner.sync()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn can_grow(&self) -> bool {
+        self.inner.can_grow()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+/// Runs `work` on another thread while `store` holds `op` inside `busy` (started first), and
+/// returns what `work` gave; panics if `work` did not finish while `busy` was held.
+fn while_held<B: Send, W: Send>(
+    store: &Held,
+    entered: &std::sync::mpsc::Receiver<()>,
+    op: &'static str,
+    busy: impl FnOnce() -> B + Send,
+    work: impl FnOnce() -> W + Send,
+) -> (B, W) {
+    store.hold(Some(op));
+    std::thread::scope(|s| {
+        let busy = s.spawn(busy);
+        entered
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("never reached the held {op}"));
+        let (done, finished) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            let _ = done.send(work());
+        });
+        let got = finished.recv_timeout(std::time::Duration::from_secs(60));
+        store.hold(None);
+        let got = got.unwrap_or_else(|_| panic!("the work waited for the held {op}"));
+        (busy.join().unwrap(), got)
+    })
+}
+
+#[test]
+fn reads_and_plain_writes_go_on_while_a_checkpoint_syncs() {
+    let (origin, inner) = mem(256);
+    let (store, entered) = Held::new(inner);
+    let e = Engine::format(origin, store.clone(), &OpenOptions::default()).unwrap();
+    e.create_snapshot("a").unwrap();
+    for b in 0..128u64 {
+        e.write(b * BS as u64, &block(7)).unwrap();
+    }
+    // Blocks already preserved in the newest delta need no commit, and reads need none
+    // either: both must finish while the checkpoint is inside its I/O.
+    let (cp, (r, snaps)) = while_held(
+        &store,
+        &entered,
+        "sync",
+        || e.checkpoint(),
+        || {
+            let mut buf = vec![0u8; BS];
+            let r = e
+                .read(3 * BS as u64, &mut buf)
+                .and_then(|()| e.write(5 * BS as u64, &block(9)))
+                .and_then(|()| e.read(5 * BS as u64, &mut buf));
+            (r.map(|()| buf), e.status().snapshots.len())
+        },
+    );
+    assert!(cp.unwrap());
+    assert_eq!(r.unwrap(), block(9));
+    assert_eq!(snaps, 1);
+    let mut buf = vec![0u8; BS];
+    e.read_snapshot("a", 5 * BS as u64, &mut buf).unwrap();
+    assert_eq!(buf, vec![0u8; BS]);
+}
+
+#[test]
+fn a_check_reading_the_store_stalls_no_write() {
+    let (origin, inner) = mem(256);
+    let (store, entered) = Held::new(inner);
+    let e = Engine::format(origin, store.clone(), &OpenOptions::default()).unwrap();
+    e.create_snapshot("a").unwrap();
+    for b in 0..64u64 {
+        e.write(b * BS as u64, &block(7)).unwrap();
+    }
+    // While the check reads preserved blocks, a first write (a preserve and its commit) and
+    // a plain write both complete.
+    let (rep, w) = while_held(
+        &store,
+        &entered,
+        "read",
+        || e.check(),
+        || {
+            e.write(100 * BS as u64, &block(5))
+                .and_then(|()| e.write(3 * BS as u64, &block(6)))
+        },
+    );
+    w.unwrap();
+    let rep = rep.unwrap();
+    assert!(rep.ok(), "{:?}", rep.problems);
+    assert_eq!(rep.preserved_blocks, 64);
+    assert_eq!(e.check().unwrap().preserved_blocks, 65);
+}
