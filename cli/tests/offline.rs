@@ -80,6 +80,17 @@ fn offline_list_diff_export_restore_check() {
         &f.run(&["export", "s1", "--to", img.to_str().unwrap()]),
         "already exists",
     );
+    // A file next to the image whose name an export might use for scratch is not touched.
+    let img2 = f.dir.path().join("s1-again.img");
+    let neighbour = f.dir.path().join("s1-again.partial");
+    std::fs::write(&neighbour, b"someone's data").unwrap();
+    ok(&f.run(&["export", "s1", "--to", img2.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&neighbour).unwrap(), b"someone's data");
+    assert!(std::fs::read(&img2).unwrap() == f.original);
+    fails_with(
+        &f.run(&["export", "s1", "--to", f.dir.path().to_str().unwrap()]),
+        "is a directory: give the path of a new image file",
+    );
 
     let live = std::fs::read(&f.backing).unwrap();
     assert!(live != f.original);

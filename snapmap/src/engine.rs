@@ -1635,41 +1635,56 @@ impl Engine {
             let ix = read_lock(&self.index);
             self.snap_pos(&ix, name)?;
         }
-        if to.exists() {
+        if to.is_dir() {
             return Err(Error::Invalid(format!(
-                "{} already exists: remove it or export to another path",
-                to.display()
+                "{} is a directory: give the path of a new image file, e.g. {}",
+                to.display(),
+                to.join(format!("{name}.img")).display()
             )));
         }
-        let tmp = to.with_extension("partial");
-        let res = (|| -> Result<()> {
-            let f = std::fs::File::create(&tmp)
-                .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-            use std::os::unix::fs::FileExt;
-            let chunk = 1usize << 20;
-            let mut buf = vec![0u8; chunk];
-            let mut off = 0u64;
-            while off < self.size {
-                let n = (self.size - off).min(chunk as u64) as usize;
-                self.read_snapshot(name, off, &mut buf[..n])?;
-                if buf[..n].iter().any(|&b| b != 0) {
-                    f.write_all_at(&buf[..n], off)
-                        .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-                }
-                off += n as u64;
-                progress(off, self.size);
+        let exists = |to: &Path| {
+            Error::Invalid(format!(
+                "{} already exists: exports never replace a file; choose a new path",
+                to.display()
+            ))
+        };
+        let out = crate::newfile::NewFile::create(to).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                exists(to)
+            } else {
+                Error::io(
+                    format!(
+                        "create {} (is its directory there and writable?)",
+                        to.display()
+                    ),
+                    e,
+                )
             }
-            f.set_len(self.size)
-                .map_err(|e| Error::io(format!("size {}", tmp.display()), e))?;
-            f.sync_all()
-                .map_err(|e| Error::io(format!("sync {}", tmp.display()), e))?;
-            std::fs::rename(&tmp, to)
-                .map_err(|e| Error::io(format!("rename to {}", to.display()), e))
-        })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        })?;
+        use std::os::unix::fs::FileExt;
+        let f = out.file();
+        let chunk = 1usize << 20;
+        let mut buf = vec![0u8; chunk];
+        let mut off = 0u64;
+        while off < self.size {
+            let n = (self.size - off).min(chunk as u64) as usize;
+            self.read_snapshot(name, off, &mut buf[..n])?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                f.write_all_at(&buf[..n], off)
+                    .map_err(|e| Error::io(format!("write {}", to.display()), e))?;
+            }
+            off += n as u64;
+            progress(off, self.size);
         }
-        res
+        f.set_len(self.size)
+            .map_err(|e| Error::io(format!("size {}", to.display()), e))?;
+        out.persist().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                exists(to)
+            } else {
+                Error::io(format!("finish {}", to.display()), e)
+            }
+        })
     }
 
     // ---------------------------------------------------------------- status, check, close

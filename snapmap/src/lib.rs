@@ -25,6 +25,7 @@ pub mod format;
 pub mod index;
 pub mod io;
 pub mod locks;
+pub mod newfile;
 mod scratch;
 pub mod store;
 
@@ -35,5 +36,6 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use io::{AlignedBuf, BlockDev, CountingDev, FileDev, Identity, MemDev};
+pub use newfile::NewFile;
 pub use roaring::RoaringBitmap;
 pub use store::Recovery;

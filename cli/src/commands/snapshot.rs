@@ -126,9 +126,18 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
 /// `export`.
 pub fn export(a: ExportArgs) -> Result<()> {
     let to = absolute(&a.to)?;
-    if to.exists() {
+    // The engine checks again, atomically, when the image gets its name; this only saves
+    // opening the store for nothing.
+    if to.is_dir() {
         bail!(
-            "{} already exists: remove it or export to another path",
+            "{} is a directory: give the path of a new image file, e.g. {}",
+            to.display(),
+            to.join(format!("{}.img", a.name)).display()
+        );
+    }
+    if to.symlink_metadata().is_ok() {
+        bail!(
+            "{} already exists: exports never replace a file; choose a new path",
             to.display()
         );
     }
