@@ -53,7 +53,8 @@ pub struct OpenOptions {
     pub size: Option<u64>,
     /// Use O_DIRECT on origin and store files.
     pub direct_io: bool,
-    /// Cap on the store's size in bytes.
+    /// Cap on the store's size in bytes. It is recorded in the store: `None` keeps the
+    /// recorded cap (if any), `Some` replaces it.
     pub max_store_bytes: Option<u64>,
     /// Format the store when it does not exist (or is empty).
     pub create: bool,
@@ -544,7 +545,18 @@ impl Engine {
         store.set_grow_step(opts.store_grow_bytes);
         let sb = store.superblock().clone();
         let bs = sb.block_size;
-        let mut limit = opts.max_store_bytes.map(|b| b / bs as u64);
+        // A limit given now replaces the recorded one (that is how it is changed); none given
+        // means the recorded one holds, for offline commands as for the device.
+        let mut limit = match opts.max_store_bytes {
+            Some(b) => {
+                let l = b / bs as u64;
+                if !opts.read_only {
+                    store.record_limit(Some(l))?;
+                }
+                Some(l)
+            }
+            None => store.recorded_limit(),
+        };
         if !store_dev.can_grow() {
             let dev_slots = store_dev
                 .len()
@@ -1560,6 +1572,13 @@ impl Engine {
             }
         });
         if let Some(e) = first_err.into_inner().ok().flatten() {
+            if read_lock(&self.index).pos(target).is_none() {
+                return Err(Error::Invalid(format!(
+                    "snapshot {name:?} was deleted while it was being restored, so the device is \
+                     only partly restored: `snapblk restore {pre_name}` puts back the image from \
+                     before the restore"
+                )));
+            }
             return Err(e);
         }
         self.flush()?;

@@ -51,7 +51,7 @@ pub enum Error {
         supported: u32,
     },
     /// Metadata or preserved data failed verification.
-    #[error("store {store} is corrupt: {detail}; run `snapblk check` and restore the store from a copy or a remote")]
+    #[error("store {store} is corrupt: {detail}. Nothing was changed; keep a copy of the store file. If it still opens, `snapblk check` lists all the damage; otherwise restore the volume from a copy or a remote (`snapblk remote restore`)")]
     Corrupt {
         /// The store's name.
         store: String,

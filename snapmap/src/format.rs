@@ -25,6 +25,8 @@ const SUPER_BODY: usize = 4092;
 pub const MAX_PATH: usize = 3072;
 /// Offset of the reserved-length field in a superblock (after the longest path).
 const RESERVED_AT: usize = 3192;
+/// Where the store's size limit sits in the superblock (0: none).
+const LIMIT_AT: usize = 3200;
 /// Bytes of a journal block header.
 pub const JOURNAL_HEADER: usize = 56;
 /// Bytes of a checkpoint header.
@@ -74,6 +76,10 @@ pub struct Superblock {
     /// The store has been made at least this many slots long (it grows in steps, each
     /// recorded here): a shorter store was truncated.
     pub reserved_slots: u64,
+    /// The store's size limit in slots (`--max-store`), 0 for none. Kept here rather than
+    /// only in a device's settings so that every opener, offline commands included, stays
+    /// inside it. Stores made before it existed read 0 here: no limit, as before.
+    pub limit_slots: u64,
 }
 
 fn put_u32(b: &mut [u8], at: usize, v: u32) {
@@ -129,6 +135,7 @@ impl Superblock {
         put_u32(&mut b, 112, n as u32);
         b[116..116 + n].copy_from_slice(&path[..n]);
         put_u64(&mut b, RESERVED_AT, self.reserved_slots);
+        put_u64(&mut b, LIMIT_AT, self.limit_slots);
         let crc = crc32fast::hash(&b[..SUPER_BODY]);
         put_u32(&mut b, SUPER_BODY, crc);
         b
@@ -176,6 +183,7 @@ impl Superblock {
                 path: String::from_utf8_lossy(&b[116..116 + n]).into_owned(),
             },
             reserved_slots: get_u64(b, RESERVED_AT),
+            limit_slots: get_u64(b, LIMIT_AT),
         })
     }
 }
@@ -435,6 +443,7 @@ mod tests {
                 ino: 9,
             },
             reserved_slots: 1234,
+            limit_slots: 99,
         }
     }
 

@@ -183,6 +183,7 @@ impl Store {
             created_unix: now_unix(),
             origin,
             reserved_slots: 0,
+            limit_slots: cap_slots.unwrap_or(0),
         };
         let mut store = Store {
             dev,
@@ -603,6 +604,25 @@ impl Store {
     /// Caps growth at `slots` slots (the store's configured size limit).
     pub fn set_cap(&mut self, slots: Option<u64>) {
         self.cap_slots = slots;
+    }
+
+    /// The size limit recorded in the superblock, if any.
+    pub fn recorded_limit(&self) -> Option<u64> {
+        (self.sb.limit_slots != 0).then_some(self.sb.limit_slots)
+    }
+
+    /// Records `slots` as the store's size limit (None: no limit) in the superblock.
+    pub fn record_limit(&mut self, slots: Option<u64>) -> Result<()> {
+        let old = self.sb.limit_slots;
+        self.sb.limit_slots = slots.unwrap_or(0);
+        if old == self.sb.limit_slots {
+            return Ok(());
+        }
+        if let Err(e) = self.write_superblock() {
+            self.sb.limit_slots = old;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Makes sure slots `0..needed` exist on the device, growing it (by at least a quarter, or

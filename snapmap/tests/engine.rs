@@ -250,6 +250,47 @@ fn a_full_store_refuses_the_write_keeps_every_snapshot_and_says_so() {
     assert!(e.check().unwrap().ok());
 }
 
+#[test]
+fn the_store_limit_is_recorded_in_the_store_and_kept_by_every_opener() {
+    let (o, s) = mem(256);
+    let capped = |bytes: Option<u64>| OpenOptions {
+        max_store_bytes: bytes,
+        ..OpenOptions::default()
+    };
+    let e = Engine::format(o.clone(), s.clone(), &capped(Some(80 * BS as u64))).unwrap();
+    e.write(0, &vec![1u8; 256 * BS]).unwrap();
+    e.create_snapshot("keep").unwrap();
+    e.close().unwrap();
+    // An opener that names no limit (an offline command) keeps the recorded one.
+    let e = Engine::open(o.clone(), s.clone(), &capped(None)).unwrap();
+    assert_eq!(e.status().store_capacity_bytes, Some(80 * BS as u64));
+    let mut fit = 0u64;
+    while fit < 256 && e.write(fit * BS as u64, &block(2)).is_ok() {
+        fit += 1;
+    }
+    assert!(fit < 80, "{fit} preserves fitted in an 80-block store");
+    assert!(
+        s.len().unwrap() <= 80 * BS as u64,
+        "the store grew past its limit"
+    );
+    e.close().unwrap();
+    // A new limit replaces it, for later openers too.
+    let e = Engine::open(o.clone(), s.clone(), &capped(Some(1 << 20))).unwrap();
+    e.close().unwrap();
+    let e = Engine::open(o.clone(), s.clone(), &capped(None)).unwrap();
+    assert_eq!(e.status().store_capacity_bytes, Some(1 << 20));
+    e.write(fit * BS as u64, &block(2)).unwrap();
+    e.close().unwrap();
+    // A store formatted without one has none.
+    let (o, s) = mem(16);
+    Engine::format(o.clone(), s.clone(), &capped(None))
+        .unwrap()
+        .close()
+        .unwrap();
+    let e = Engine::open(o, s, &capped(None)).unwrap();
+    assert_eq!(e.status().store_capacity_bytes, None);
+}
+
 /// A group that refuses one request for lack of room leaves the store marked full, even when a
 /// smaller request in the same group fits: writes needing a preserve are failing.
 #[test]
