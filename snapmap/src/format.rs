@@ -161,6 +161,14 @@ impl Superblock {
         if n > MAX_PATH {
             return Err(SuperError::Invalid(format!("origin path length {n}")));
         }
+        // Byte counts are computed from the limit (status, store-full errors): one that
+        // cannot be is no limit a user set.
+        let limit_slots = get_u64(b, LIMIT_AT);
+        if limit_slots.checked_mul(u64::from(block_size)).is_none() {
+            return Err(SuperError::Invalid(format!(
+                "store size limit of {limit_slots} slots"
+            )));
+        }
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[16..32]);
         Ok(Superblock {
@@ -183,7 +191,7 @@ impl Superblock {
                 path: String::from_utf8_lossy(&b[116..116 + n]).into_owned(),
             },
             reserved_slots: get_u64(b, RESERVED_AT),
-            limit_slots: get_u64(b, LIMIT_AT),
+            limit_slots,
         })
     }
 }
