@@ -40,8 +40,10 @@ pub enum Command {
     /// Opens (or formats) the store, adds a ublk device and starts one daemon process
     /// per device that serves it; returns once /dev/ublkbN exists. The backing file is
     /// created or extended to --size. The store defaults to <backing>.snapstore and is
-    /// bound to its backing file: opening it with another one is refused. Needs root
-    /// and the ublk_drv module (modprobe ublk_drv).
+    /// bound to its backing file: opening it with another one is refused (--adopt
+    /// accepts a pair that was moved or copied together). Needs root and the ublk_drv
+    /// module (modprobe ublk_drv). Never write the backing file directly while no
+    /// daemon serves it: that bypasses copy-on-write and corrupts every snapshot.
     #[command(verbatim_doc_comment, after_long_help = help::CREATE)]
     Create(CreateArgs),
     /// List devices and their daemons
@@ -100,8 +102,9 @@ pub enum Command {
     /// Verify a store's metadata and preserved blocks
     ///
     /// Reads every preserved block and checks it against its checksum, that no store
-    /// slot is used twice and that the allocator agrees with the snapshot index.
-    /// Read-only.
+    /// slot is used twice and that the allocator agrees with the snapshot index, and
+    /// reports damaged metadata copies that opening the store worked around.
+    /// Read-only unless --repair.
     #[command(verbatim_doc_comment, after_long_help = help::CHECK)]
     Check(CheckArgs),
     /// Ship changed blocks to a file://, s3:// or peer:// target (once or continuously)
@@ -186,12 +189,28 @@ pub struct Target {
     /// Device id of a running device.
     #[arg(short = 'n', long = "id")]
     pub id: Option<u32>,
-    /// Offline: the backing file (no daemon may be serving it).
-    #[arg(long, value_name = "PATH")]
+    /// Offline: the backing file (no daemon may be serving it)
+    ///
+    /// Offline commands work on the files while no daemon serves them. Never write the
+    /// backing file itself while no daemon runs (mounting it, dd, a VM using the image):
+    /// such writes bypass copy-on-write, so every snapshot silently shows the new data.
+    #[arg(long, value_name = "PATH", verbatim_doc_comment)]
     pub backing: Option<PathBuf>,
     /// Offline: the store (default: <backing>.snapstore).
     #[arg(long, value_name = "PATH", requires = "backing")]
     pub store: Option<PathBuf>,
+    /// Bind a moved or copied store to this backing file
+    ///
+    /// A store records the path and inode of its backing file and refuses any other, so
+    /// that a store is never used with the wrong disk. After moving or copying the pair
+    /// (e.g. `cp a.img a.img.snapstore /new/`) both differ and the store is refused:
+    /// --adopt accepts it and records the backing's new path in the store (a superblock
+    /// write, also for verbs that otherwise only read), so later commands need no flag.
+    /// Safe only when the store was moved or copied together with this very backing file
+    /// and the backing was not written since without a snapblk daemon; otherwise the
+    /// snapshots describe another disk and their content is silently wrong.
+    #[arg(long, requires = "backing", verbatim_doc_comment)]
+    pub adopt: bool,
 }
 
 /// `create`.
@@ -230,6 +249,18 @@ pub struct CreateArgs {
     /// Cap on the store's size; writes needing room beyond it fail with ENOSPC.
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub max_store: Option<u64>,
+    /// Bind a moved or copied store to this backing file
+    ///
+    /// A store records the path and inode of its backing file and refuses any other, so
+    /// that a store is never used with the wrong disk. After moving or copying the pair
+    /// (e.g. `cp a.img a.img.snapstore /new/`) both differ and the store is refused:
+    /// --adopt accepts it and records the backing's new path in the store (a superblock
+    /// write, also for verbs that otherwise only read), so later commands need no flag.
+    /// Safe only when the store was moved or copied together with this very backing file
+    /// and the backing was not written since without a snapblk daemon; otherwise the
+    /// snapshots describe another disk and their content is silently wrong.
+    #[arg(long, verbatim_doc_comment)]
+    pub adopt: bool,
 }
 
 /// `status`.
@@ -244,6 +275,18 @@ pub struct StatusArgs {
     /// Offline: the store (default: <backing>.snapstore).
     #[arg(long, value_name = "PATH", requires = "backing")]
     pub store: Option<PathBuf>,
+    /// Bind a moved or copied store to this backing file
+    ///
+    /// A store records the path and inode of its backing file and refuses any other, so
+    /// that a store is never used with the wrong disk. After moving or copying the pair
+    /// (e.g. `cp a.img a.img.snapstore /new/`) both differ and the store is refused:
+    /// --adopt accepts it and records the backing's new path in the store (a superblock
+    /// write, also for verbs that otherwise only read), so later commands need no flag.
+    /// Safe only when the store was moved or copied together with this very backing file
+    /// and the backing was not written since without a snapblk daemon; otherwise the
+    /// snapshots describe another disk and their content is silently wrong.
+    #[arg(long, requires = "backing", verbatim_doc_comment)]
+    pub adopt: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -279,7 +322,8 @@ pub enum SnapshotCommand {
     },
     /// List snapshots, oldest first
     ///
-    /// Internal ship-point snapshots are not listed.
+    /// Internal ship-point snapshots are not in the table; a note after it says how
+    /// much store space they hold.
     #[command(verbatim_doc_comment, after_long_help = help::SNAPSHOT_LIST)]
     List {
         #[command(flatten)]
@@ -350,6 +394,10 @@ pub struct DiffArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub target: Target,
+    /// Offline: open the store read-write, so a damaged superblock copy or checkpoint
+    /// that opening worked around is rewritten (exit status 3 without it)
+    #[arg(long, requires = "backing")]
+    pub repair: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -21,6 +21,13 @@ Examples:
   Work on the files while no daemon serves them (offline form):
     snapblk snapshot list --backing /var/lib/vm0.img --store /var/lib/vm0.img.snapstore
 
+  After moving or copying a backing file together with its store:
+    snapblk status --backing /new/vm0.img --store /new/vm0.img.snapstore --adopt
+
+  While no daemon runs, change the backing file only through snapblk (offline restore):
+  writing it directly (mounting it, dd, a VM using the image) bypasses copy-on-write and
+  silently corrupts every snapshot.
+
   More on one verb:
     snapblk help restore
 
@@ -28,6 +35,7 @@ Exit status:
   0  success
   1  failure; stderr holds one line naming the object and the fix
   2  command-line usage error
+  3  `snapblk check`: consistent, but damaged metadata was worked around (see its help)
 
 Environment:
   RUST_LOG               log filter for stderr (default: warn); RUST_LOG=snapblk=debug
@@ -52,13 +60,22 @@ Examples:
   Under systemd (Type=simple), serving in the foreground:
     snapblk create --backing disk.img -n 0 --foreground
 
+  The image and its store were copied together to another directory:
+    snapblk create --backing /new/disk.img --store /new/disk.img.snapstore --adopt
+
+Warning:
+  Write the backing file only through /dev/ublkbN. After `snapblk delete` (or before
+  create), nothing watches the file: writing it directly (mounting it, dd, a VM using
+  the image) bypasses copy-on-write and silently corrupts every snapshot. Offline
+  commands (--backing) are safe; they go through the engine.
+
 Output:
   The device path (e.g. /dev/ublkb0) on stdout once the device exists. The daemon's
   log is /run/snapblk/<ID>.log.
 
 Exit status:
   0 once the device exists; 1 on failure (not root, ublk_drv not loaded, id in use,
-  store belongs to another backing file, ...).";
+  store belongs to another backing file (moved or copied: --adopt), ...).";
 
 /// `snapblk list --help`.
 pub const LIST: &str = "\
@@ -78,10 +95,12 @@ Examples:
     snapblk status --backing disk.img --store disk.img.snapstore
 
 Output:
-  Device, daemon, sizes, store use (and STORE FULL), snapshots, write and I/O
-  counters, shipping targets with their lag. With --json: one object {device,
-  engine, io} (plus ship from a daemon) for -n ID or the files, an array of them
-  without -n.
+  Device, daemon, sizes, store use (and STORE FULL), snapshots, the internal ship
+  points with the space each holds and its target, \"repaired\" lines for damage that
+  opening the store worked around, write and I/O counters, shipping targets with
+  their lag. With --json: one object {device, engine, io} (plus ship from a daemon)
+  for -n ID or the files, an array of them without -n; engine.internal_snapshots
+  holds the ship points and engine.recovery.repaired the repairs.
 
 Exit status:
   0 on success; 1 when the device or the files do not exist or cannot be read.";
@@ -135,8 +154,10 @@ Examples:
 
 Output:
   A table: ID, NAME, CREATED (UTC), PRESERVED (bytes this snapshot holds alone).
-  With --json: an array of {id, name, created_unix, preserved_blocks,
-  preserved_bytes, internal}; [] when none.";
+  Internal ship points (ship-<hash>-<seq>, kept as the base of the next ship) are not
+  in the table; when there are any, a \"note:\" line after it says how much they hold
+  and how to release them. With --json: an array of {id, name, created_unix,
+  preserved_blocks, preserved_bytes, internal}; [] when none.";
 
 /// `snapblk snapshot delete --help`.
 pub const SNAPSHOT_DELETE: &str = "\

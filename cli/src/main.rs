@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod failure;
 mod help;
 mod logging;
 mod output;
@@ -30,8 +31,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::debug!(error = ?e, "command failed");
-            eprintln!("snapblk: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("snapblk: {}", failure::message(&e));
+            ExitCode::from(failure::code(&e))
         }
     }
 }

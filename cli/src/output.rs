@@ -56,6 +56,81 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("")
 }
 
+/// `s` as one shell word: unchanged when it holds only characters no shell treats
+/// specially, else in single quotes (an embedded `'` becomes `'\''`), so a printed
+/// command runs as is when pasted.
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:,=@%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// How a printed command names the files: `-n ID` when a daemon serves them, else
+/// `--backing B --store S`, shell-quoted.
+pub fn target_args(id: Option<u64>, backing: &str, store: &str) -> String {
+    match id {
+        Some(id) => format!("-n {id}"),
+        None => format!(
+            "--backing {} --store {}",
+            shell_quote(backing),
+            shell_quote(store)
+        ),
+    }
+}
+
+/// The internal ship-point snapshots of an engine status, with the target each one
+/// belongs to when a ship state file next to the store names it.
+fn ship_points(e: &Value) -> Vec<(String, u64, u64, Option<String>)> {
+    let empty = vec![];
+    let pts = e
+        .get("internal_snapshots")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    if pts.is_empty() {
+        return Vec::new();
+    }
+    let targets = ublk_target::ship::ship_targets(std::path::Path::new(s(e, "store")));
+    pts.iter()
+        .map(|p| {
+            let name = s(p, "name").to_string();
+            let target = targets
+                .iter()
+                .find(|(prefix, _)| name.starts_with(prefix.as_str()))
+                .map(|(_, t)| t.clone());
+            (name, u(p, "preserved_bytes"), u(p, "created_unix"), target)
+        })
+        .collect()
+}
+
+/// The advice on releasing ship points, for `status` and `snapshot list`.
+const RELEASE_SHIP_POINT: &str = "each is kept as the base of its target's next incremental ship; `snapblk snapshot delete NAME` releases one (freeing what no older snapshot needs), and the next ship to that target then sends a full base";
+
+/// The line `snapshot list` ends with when internal ship points hold store space
+/// that the table (user snapshots only) does not show. `e` is the engine status.
+pub fn ship_points_footer(e: &Value) {
+    let pts = ship_points(e);
+    if pts.is_empty() {
+        return;
+    }
+    let held: u64 = pts.iter().map(|p| p.1).sum();
+    let names: Vec<&str> = pts.iter().map(|p| p.0.as_str()).collect();
+    let one = pts.len() == 1;
+    println!(
+        "note: {} internal ship point{} ({}) hold{} {} of the store, not listed above (`snapblk status` shows {}); {RELEASE_SHIP_POINT}",
+        pts.len(),
+        if one { "" } else { "s" },
+        names.join(", "),
+        if one { "s" } else { "" },
+        bytes(held),
+        if one { "it" } else { "them" }
+    );
+}
+
 /// The snapshot table.
 pub fn snapshots(list: &Value) {
     let empty = vec![];
@@ -141,7 +216,7 @@ pub fn status(v: &Value) {
             .map(|c| format!(" of {}", bytes(c)))
             .unwrap_or_default();
         let full = if e.get("store_full").and_then(Value::as_bool) == Some(true) {
-            "  STORE FULL: writes needing a preserve fail; delete snapshots"
+            "  STORE FULL: writes needing a preserve fail; delete a snapshot or a ship point, or give the store more room (a larger --max-store, or free space on its filesystem)"
         } else {
             ""
         };
@@ -149,11 +224,17 @@ pub fn status(v: &Value) {
         if let Some(f) = e.get("failed").and_then(Value::as_str) {
             println!("FAILED      {f}");
         }
+        let device = v.get("device").filter(|d| !d.is_null());
+        let how = target_args(
+            device.and_then(|d| d.get("id")).and_then(Value::as_u64),
+            s(e, "origin"),
+            s(e, "store"),
+        );
         if let Some(r) = e.get("restore_in_progress").filter(|r| !r.is_null()) {
             println!(
-                "RESTORE INTERRUPTED: target {}, run `snapblk restore {}` again to finish",
+                "RESTORE INTERRUPTED: target {}, run `snapblk restore {} {how}` again to finish",
                 s(r, "target"),
-                s(r, "target")
+                shell_quote(s(r, "target"))
             );
         }
         let n = e
@@ -161,6 +242,43 @@ pub fn status(v: &Value) {
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
         println!("snapshots   {n}");
+        // Ship points are internal snapshots: not in `snapshot list`, but they hold
+        // store space, so the space they hold is accounted for here.
+        let pts = ship_points(e);
+        for (name, held, created, target) in &pts {
+            println!(
+                "ship point  {name}: holds {}, frozen {}, {}",
+                bytes(*held),
+                utc(*created),
+                target.as_ref().map_or(
+                    "target unknown (no ship state file next to the store)".into(),
+                    |t| format!("for {t}")
+                )
+            );
+        }
+        if !pts.is_empty() {
+            println!("            ({RELEASE_SHIP_POINT})");
+        }
+        // Damage that opening the store worked around: the store works, but has lost
+        // redundancy (a superblock copy or checkpoint) until it is rewritten.
+        let empty = vec![];
+        let repaired = e
+            .get("recovery")
+            .and_then(|r| r.get("repaired"))
+            .and_then(Value::as_array)
+            .unwrap_or(&empty);
+        for r in repaired {
+            println!("repaired    {}", r.as_str().unwrap_or(""));
+        }
+        if !repaired.is_empty() {
+            if device.is_some() {
+                println!("            (worked around when the daemon opened the store, and rewritten then)");
+            } else {
+                println!(
+                    "            (worked around in memory, still damaged on disk: `snapblk check --repair {how}` rewrites it)"
+                );
+            }
+        }
         if let Some(st) = e.get("stats") {
             println!(
                 "writes      {} ({} blocks written, {} skipped identical, {} preserved, {} commit groups)",
@@ -233,6 +351,15 @@ pub fn ship_job(j: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_quote_leaves_plain_words_and_quotes_the_rest() {
+        assert_eq!(shell_quote("/srv/disk.img"), "/srv/disk.img");
+        assert_eq!(shell_quote("/tmp/sp ace/a.img"), "'/tmp/sp ace/a.img'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
+    }
 
     #[test]
     fn formats_bytes_and_times() {

@@ -59,12 +59,111 @@ pub fn serving_daemon(backing: &Path, store: &Path) -> Option<(u32, i32)> {
     })
 }
 
+/// What kind of file `m` describes, for a message ("a directory", "a named pipe").
+fn kind_of(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses a backing path that cannot be a volume's live data, before anything opens
+/// it: opening a FIFO blocks until a writer appears (the command would hang), and a
+/// directory or character device would only fail later with a misleading size or
+/// superblock complaint. A missing path is left to the caller.
+pub fn check_backing(backing: &Path) -> Result<()> {
+    let Ok(m) = std::fs::metadata(backing) else {
+        return Ok(());
+    };
+    use std::os::unix::fs::FileTypeExt;
+    if m.is_file() || m.file_type().is_block_device() {
+        return Ok(());
+    }
+    bail!(
+        "backing {} is {}, not a regular file or block device: --backing names the disk image or block device holding the live data",
+        backing.display(),
+        kind_of(&m)
+    )
+}
+
+/// Refuses a store path that cannot be `backing`'s store, before anything opens it
+/// (see [`check_backing`]); `creating` for `create`, which formats a new store in a
+/// path that does not exist yet or in an empty file. The advice never suggests removing
+/// the file: it may hold someone's data.
+pub fn check_store(backing: &Path, store: &Path, creating: bool) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(m) = std::fs::metadata(store) else {
+        return Ok(());
+    };
+    let hint = format!(
+        "point --store at the store of {} (default {}), or {} a --store path that does not exist yet to start a new store",
+        backing.display(),
+        DeviceSpec::default_store(backing).display(),
+        if creating { "give" } else { "give `snapblk create`" }
+    );
+    if !(m.is_file() || m.file_type().is_block_device()) {
+        bail!(
+            "store {} is {}, not a regular file or block device: {hint}",
+            store.display(),
+            kind_of(&m)
+        );
+    }
+    if let Ok(b) = std::fs::metadata(backing) {
+        if b.dev() == m.dev() && b.ino() == m.ino() {
+            bail!(
+                "--store {} is the backing file itself: the store must be a separate file; {hint}",
+                store.display()
+            );
+        }
+    }
+    if m.is_file() && m.len() == 0 && !creating {
+        bail!(
+            "store {} is an empty file (0 bytes), not a snapblk store: if it was this volume's store it has been truncated and its snapshots are lost; {hint}",
+            store.display()
+        );
+    }
+    Ok(())
+}
+
+/// Binds a store that was moved or copied together with its backing file to the
+/// backing's new path (`--adopt` on a verb that only reads): one read-write open with
+/// the engine's adopt option records the new identity, so later commands need no flag.
+fn bind_to_backing(backing: &Path, store: &Path) -> Result<()> {
+    tracing::debug!(backing = %backing.display(), store = %store.display(), "binding the store to this backing file (--adopt)");
+    let opts = OpenOptions {
+        create: false,
+        adopt_origin: true,
+        ..OpenOptions::default()
+    };
+    let engine = Engine::open_files(backing, store, &opts).with_context(|| {
+        format!(
+            "bind store {} to backing file {} (--adopt)",
+            store.display(),
+            backing.display()
+        )
+    })?;
+    engine
+        .close()
+        .with_context(|| format!("close store {} (checkpoint)", store.display()))
+}
+
 impl Session {
     /// Opens the target named on the command line.
     pub fn open(t: &Target, access: Access) -> Result<Session> {
         match (t.id, &t.backing) {
             (Some(id), _) => Session::online(id),
-            (None, Some(backing)) => Session::offline(backing, t.store.as_deref(), access),
+            (None, Some(backing)) => {
+                Session::offline_adopting(backing, t.store.as_deref(), access, t.adopt)
+            }
             (None, None) => {
                 bail!("name a device with -n ID, or its files with --backing PATH [--store PATH]")
             }
@@ -87,6 +186,17 @@ impl Session {
 
     /// Opens the engine on the files; refuses while a daemon serves them.
     pub fn offline(backing: &Path, store: Option<&Path>, access: Access) -> Result<Session> {
+        Session::offline_adopting(backing, store, access, false)
+    }
+
+    /// [`Session::offline`]; with `adopt`, a store whose recorded backing path and inode
+    /// differ from `backing`'s (the pair was moved or copied) is bound to `backing` first.
+    pub fn offline_adopting(
+        backing: &Path,
+        store: Option<&Path>,
+        access: Access,
+        adopt: bool,
+    ) -> Result<Session> {
         let backing = absolute(backing)?;
         let store = match store {
             Some(s) => absolute(s)?,
@@ -104,6 +214,8 @@ impl Session {
                 backing.display()
             );
         }
+        check_backing(&backing)?;
+        check_store(&backing, &store, false)?;
         if !store.exists() {
             bail!(
                 "store {} does not exist: pass the store of {} with --store",
@@ -111,10 +223,17 @@ impl Session {
                 backing.display()
             );
         }
-        tracing::debug!(backing = %backing.display(), store = %store.display(), ?access, "opening the store offline");
+        let read_only = access == Access::ReadOnly;
+        if adopt && read_only {
+            // A read-only open cannot record the new path; bind first, then read.
+            bind_to_backing(&backing, &store)?;
+        }
+        tracing::debug!(backing = %backing.display(), store = %store.display(), ?access, adopt, "opening the store offline");
         let opts = OpenOptions {
             create: false,
-            read_only: access == Access::ReadOnly,
+            read_only,
+            // A read-write open records the new identity itself.
+            adopt_origin: adopt && !read_only,
             ..OpenOptions::default()
         };
         let engine = Engine::open_files(&backing, &store, &opts).with_context(|| {

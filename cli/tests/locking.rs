@@ -17,6 +17,9 @@ fn an_offline_command_is_refused_while_another_process_has_the_store_open() {
     let args = ["snapshot", "create", "x", "--backing", &b, "--store", &s];
     let err = fails_with(&snapblk(&run_dir, &args), "is in use by pid");
     assert!(err.contains("disk.img"), "{err}");
+    // The advice names commands that exist.
+    assert!(!err.contains("--dev"), "{err}");
+    assert!(err.contains("`snapblk restore NAME -n ID`"), "{err}");
     assert!(
         err.contains(&format!("pid {}", std::process::id())),
         "does not name this test process: {err}"

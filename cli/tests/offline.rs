@@ -229,3 +229,59 @@ fn the_printed_undo_command_runs_as_is_and_undoes_the_restore() {
         "the undo command did not bring back the image from before the restore"
     );
 }
+
+#[test]
+fn the_printed_undo_command_is_shell_quoted() {
+    let d = tempfile::tempdir().unwrap();
+    // A directory whose name a shell would split and unquote.
+    let odd = d.path().join("sp ace's $dir");
+    std::fs::create_dir(&odd).unwrap();
+    let (b, s) = (odd.join("disk.img"), odd.join("disk.img.snapstore"));
+    let opts = snapmap::OpenOptions {
+        size: Some((BS * BLOCKS) as u64),
+        ..snapmap::OpenOptions::default()
+    };
+    let e = snapmap::Engine::open_files(&b, &s, &opts).unwrap();
+    let original = pattern(1, BS * BLOCKS);
+    e.write(0, &original).unwrap();
+    e.create_snapshot("s1").unwrap();
+    e.write((10 * BS) as u64, &pattern(7, 10 * BS)).unwrap();
+    e.close().unwrap();
+    let live = std::fs::read(&b).unwrap();
+    let o = snapblk(
+        d.path(),
+        &[
+            "restore",
+            "s1",
+            "--backing",
+            b.to_str().unwrap(),
+            "--store",
+            s.to_str().unwrap(),
+        ],
+    );
+    let out = ok(&o);
+    assert!(std::fs::read(&b).unwrap() == original);
+    let undo = out
+        .lines()
+        .find_map(|l| l.strip_prefix("undo with: "))
+        .unwrap_or_else(|| panic!("no undo line in {out:?}"));
+    // Pasted into a shell as printed, with snapblk on the PATH.
+    let bin = Path::new(env!("CARGO_BIN_EXE_snapblk")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = std::process::Command::new("sh")
+        .args(["-c", undo])
+        .env("PATH", path)
+        .env("SNAPBLK_RUN_DIR", d.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(
+        std::fs::read(&b).unwrap() == live,
+        "the pasted undo command did not bring back the image from before the restore: {undo}"
+    );
+}

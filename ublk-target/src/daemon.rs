@@ -64,6 +64,23 @@ fn shutdown_signals() -> libc::sigset_t {
     }
 }
 
+/// How the daemon opens the engine for `spec`: `create` may format a new store and, with
+/// `--adopt`, bind a moved store to its backing; `recover` only reopens what its daemon
+/// had open, so it never formats and never needs to adopt (the first open recorded the
+/// new identity).
+fn open_options(spec: &DeviceSpec, attach: Attach) -> OpenOptions {
+    OpenOptions {
+        block_size: spec.block_size,
+        size: spec.size,
+        direct_io: spec.direct_io,
+        max_store_bytes: spec.max_store_bytes,
+        create: attach == Attach::Add,
+        read_only: false,
+        adopt_origin: spec.adopt_origin && attach == Attach::Add,
+        ..OpenOptions::default()
+    }
+}
+
 /// Runs the daemon for `spec` until the device is stopped. `ready(id)` is
 /// called once `/dev/ublkbN` exists and the control socket listens.
 pub fn run<F>(spec: DeviceSpec, attach: Attach, ready: F) -> Result<(), Error>
@@ -95,15 +112,7 @@ where
         }
     }
 
-    let opts = OpenOptions {
-        block_size: spec.block_size,
-        size: spec.size,
-        direct_io: spec.direct_io,
-        max_store_bytes: spec.max_store_bytes,
-        create: attach == Attach::Add,
-        read_only: false,
-        ..OpenOptions::default()
-    };
+    let opts = open_options(&spec, attach);
     let engine =
         Engine::open_files(&spec.backing, &spec.store, &opts).map_err(Error::engine(format!(
             "open store {} for backing file {}",
@@ -376,5 +385,24 @@ impl Handler for DaemonHandler {
             Request::ShipStatus => self.ships.status(),
             other => engine_request(&self.engine, &other, progress),
         }
+    }
+}
+
+#[cfg(test)]
+mod open_options_tests {
+    use super::*;
+
+    #[test]
+    fn create_adopt_reaches_the_engine_and_recover_never_formats_or_adopts() {
+        let mut spec = DeviceSpec::new("/b".into(), "/s".into());
+        let o = open_options(&spec, Attach::Add);
+        assert!(o.create && !o.adopt_origin && !o.read_only);
+        spec.adopt_origin = true;
+        spec.max_store_bytes = Some(1 << 20);
+        let o = open_options(&spec, Attach::Add);
+        assert!(o.create && o.adopt_origin);
+        assert_eq!(o.max_store_bytes, Some(1 << 20));
+        let o = open_options(&spec, Attach::Recover);
+        assert!(!o.create && !o.adopt_origin);
     }
 }

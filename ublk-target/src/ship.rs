@@ -30,6 +30,44 @@ pub fn ship_state_path(store: &Path, url: &str) -> PathBuf {
     store.with_file_name(name)
 }
 
+/// The targets this store has shipped to, as (ship-point name prefix, target id), read
+/// from the ship state files next to the store ([`ship_state_path`]). Ship points are
+/// internal snapshots that hold store space; this lets `status` say which target keeps
+/// each one. Unreadable or foreign files are skipped: the answer is only a label.
+pub fn ship_targets(store: &Path) -> Vec<(String, String)> {
+    let Some(name) = store.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
+    let lead = format!("{name}.ship-");
+    let dir = match store.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|f| f.starts_with(&lead) && f.ends_with(".json"))
+        })
+        .filter_map(|e| {
+            // State files are a few hundred bytes; anything large is not one.
+            if e.metadata().ok()?.len() > 1 << 20 {
+                return None;
+            }
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            let v: Value = serde_json::from_str(&text).ok()?;
+            let target = v.get("target")?.as_str()?.to_string();
+            Some((shipper::ship::point_prefix(&target), target))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Turns the wire form of the secrets into the shipper's credentials.
 pub fn credentials(s: ShipSecrets) -> Credentials {
     Credentials {
@@ -324,6 +362,26 @@ fn jobs_list<'a>(urls: impl Iterator<Item = &'a String>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ship_targets_come_from_the_state_files_next_to_the_store() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("d.img.snapstore");
+        let target = "file:///backup/vm0";
+        let st = super::ship_state_path(&store, target);
+        std::fs::write(&st, format!("{{\"version\":1,\"target\":\"{target}\"}}")).unwrap();
+        // Another store's state file and garbage are not ours.
+        std::fs::write(
+            d.path().join("other.snapstore.ship-1.json"),
+            "{\"target\":\"x\"}",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("d.img.snapstore.ship-2.json"), "not json").unwrap();
+        assert_eq!(
+            super::ship_targets(&store),
+            vec![(shipper::ship::point_prefix(target), target.to_string())]
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -39,6 +39,12 @@ pub struct DeviceSpec {
     /// with ENOSPC (every snapshot stays intact).
     #[serde(default)]
     pub max_store_bytes: Option<u64>,
+    /// Accept a store whose recorded backing path and inode both differ from the
+    /// backing's (the pair was moved or copied together; `create --adopt`), and record
+    /// the new identity in it. Written only when set, so specs from older builds and
+    /// for older builds read the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_origin: bool,
 }
 
 impl DeviceSpec {
@@ -56,6 +62,7 @@ impl DeviceSpec {
             io_buf_bytes: DEFAULT_IO_BUF_BYTES,
             direct_io: false,
             max_store_bytes: None,
+            adopt_origin: false,
         }
     }
 

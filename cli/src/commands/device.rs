@@ -3,7 +3,7 @@
 use super::daemon;
 use crate::args::{CreateArgs, RecoverArgs, StatusArgs};
 use crate::output;
-use crate::session::{absolute, serving_daemon, Access, Session};
+use crate::session::{absolute, check_backing, check_store, serving_daemon, Access, Session};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -41,6 +41,9 @@ fn create_spec(a: &CreateArgs) -> Result<DeviceSpec> {
         Some(s) => absolute(s)?,
         None => DeviceSpec::default_store(&backing),
     };
+    check_backing(&backing)?;
+    // An empty store file is formatted by create.
+    check_store(&backing, &store, true)?;
     let mut spec = DeviceSpec::new(backing, store);
     spec.id = a.id;
     spec.size = a.size;
@@ -50,6 +53,7 @@ fn create_spec(a: &CreateArgs) -> Result<DeviceSpec> {
     spec.workers = a.workers;
     spec.direct_io = a.direct_io;
     spec.max_store_bytes = a.max_store;
+    spec.adopt_origin = a.adopt;
     spec.validate().map_err(anyhow::Error::msg)?;
     Ok(spec)
 }
@@ -150,7 +154,8 @@ pub fn status(a: StatusArgs) -> Result<()> {
     let v = match (a.id, &a.backing) {
         (Some(id), _) => device_status(id)?,
         (None, Some(backing)) => {
-            let session = Session::offline(backing, a.store.as_deref(), Access::ReadOnly)?;
+            let session =
+                Session::offline_adopting(backing, a.store.as_deref(), Access::ReadOnly, a.adopt)?;
             let engine = session.request(Request::Status, &mut |_, _| {})?;
             session.close()?;
             json!({ "device": null, "engine": engine, "io": null })
@@ -282,6 +287,7 @@ mod tests {
             workers: 0,
             direct_io: false,
             max_store: None,
+            adopt: false,
         }
     }
 

@@ -2,6 +2,7 @@
 //! a running device (`-n ID`) or offline on the files.
 
 use crate::args::{CheckArgs, DiffArgs, ExportArgs, RestoreArgs, SnapshotCommand};
+use crate::failure::Exit;
 use crate::output;
 use crate::progress::{Progress, Unit};
 use crate::session::{absolute, Access, Session};
@@ -49,13 +50,27 @@ pub fn snapshot(cmd: SnapshotCommand) -> Result<()> {
                 )
             },
         ),
-        SnapshotCommand::List { target, json } => quick(
-            &target,
-            Access::ReadOnly,
-            Request::SnapshotList,
-            json,
-            output::snapshots,
-        ),
+        SnapshotCommand::List { target, json } => {
+            let s = Session::open(&target, Access::ReadOnly)?;
+            let list = s.request(Request::SnapshotList, &mut no_progress())?;
+            // The table shows user snapshots only; internal ship points also hold store
+            // space, so the text says so (the JSON stays the documented array).
+            let status = if json {
+                None
+            } else {
+                Some(s.request(Request::Status, &mut no_progress())?)
+            };
+            s.close()?;
+            match status {
+                None => output::json(&list),
+                Some(st) => {
+                    output::snapshots(&list);
+                    // Online the reply is {device, engine, ...}; offline the engine part.
+                    output::ship_points_footer(st.get("engine").unwrap_or(&st));
+                }
+            }
+            Ok(())
+        }
         SnapshotCommand::Delete { name, target, json } => quick(
             &target,
             Access::ReadWrite,
@@ -84,8 +99,11 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     );
     bar.finish();
     let id = s.id();
-    s.close()?;
+    // A failed restore usually leaves the close failing for the same reason (a full
+    // store cannot take the checkpoint either): report the restore's own error.
+    let closed = s.close();
     let v = res?;
+    closed?;
     tracing::info!(snapshot = %a.name, report = %v["report"], "restore: done");
     if a.json {
         output::json(&v);
@@ -110,15 +128,18 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
                     Some(st) => absolute(st)?,
                     None => DeviceSpec::default_store(&backing),
                 };
-                format!(
-                    "--backing {} --store {}",
-                    backing.display(),
-                    store.display()
+                output::target_args(
+                    None,
+                    &backing.display().to_string(),
+                    &store.display().to_string(),
                 )
             }
             (None, None) => "with the same --backing/--store".into(),
         };
-        println!("undo with: snapblk restore {pre} {how}");
+        println!(
+            "undo with: snapblk restore {} {how}",
+            output::shell_quote(pre)
+        );
     }
     Ok(())
 }
@@ -157,8 +178,9 @@ pub fn export(a: ExportArgs) -> Result<()> {
         &mut |d, t| bar.update(d, t),
     );
     bar.finish();
-    s.close()?;
+    let closed = s.close();
     let v = res?;
+    closed?;
     tracing::info!(snapshot = %a.name, to = %to.display(), "export: done");
     if a.json {
         output::json(&v);
@@ -187,20 +209,39 @@ pub fn diff(a: DiffArgs) -> Result<()> {
     Ok(())
 }
 
+/// Exit status of `check` for a store that is consistent only thanks to damage worked
+/// around when it was opened (a superblock copy or checkpoint that failed to verify):
+/// the data is intact but a redundant copy is not, so neither 0 (healthy) nor 1 (broken).
+pub const CHECK_REPAIRABLE: u8 = 3;
+
 /// `check`.
 pub fn check(a: CheckArgs) -> Result<()> {
-    let s = Session::open(&a.target, Access::ReadOnly)?;
+    let access = if a.repair {
+        // A read-write open rewrites what it worked around (the superblock write of
+        // every read-write open lands on the damaged copy).
+        Access::ReadWrite
+    } else {
+        Access::ReadOnly
+    };
+    let s = Session::open(&a.target, access)?;
+    let online = s.id().is_some();
     let v = s.request(Request::Check, &mut no_progress())?;
     s.close()?;
-    let problems: Vec<String> = v
-        .get("problems")
-        .and_then(Value::as_array)
-        .map(|p| {
-            p.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let strings = |k: &str| -> Vec<String> {
+        v.get(k)
+            .and_then(Value::as_array)
+            .map(|p| {
+                p.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let problems = strings("problems");
+    let repaired = strings("repaired");
+    // Still damaged on disk only when this process opened the store read-only; a
+    // daemon (online) and --repair opened it read-write, which rewrote the copy.
+    let pending = !repaired.is_empty() && !online && !a.repair;
     if a.json {
         output::json(&v);
     } else {
@@ -214,6 +255,13 @@ pub fn check(a: CheckArgs) -> Result<()> {
         for p in &problems {
             println!("problem: {p}");
         }
+        for r in &repaired {
+            if pending {
+                println!("warning: {r} (worked around; still damaged on disk)");
+            } else {
+                println!("repaired: {r}");
+            }
+        }
     }
     if !problems.is_empty() {
         bail!(
@@ -221,8 +269,34 @@ pub fn check(a: CheckArgs) -> Result<()> {
             problems.len()
         );
     }
+    if pending {
+        let how = match &a.target.backing {
+            Some(b) => {
+                let b = absolute(b)?;
+                let st = match &a.target.store {
+                    Some(st) => absolute(st)?,
+                    None => DeviceSpec::default_store(&b),
+                };
+                output::target_args(None, &b.display().to_string(), &st.display().to_string())
+            }
+            None => "with the same --backing/--store".into(),
+        };
+        return Err(Exit {
+            code: CHECK_REPAIRABLE,
+            message: format!(
+                "the store is consistent, but opening it had to work around {} damaged cop{} of its metadata (see the warning lines): it has lost that redundancy; rewrite it with `snapblk check --repair {how}`, and check the disk holding the store",
+                repaired.len(),
+                if repaired.len() == 1 { "y" } else { "ies" }
+            ),
+        }
+        .into());
+    }
     if !a.json {
-        println!("store is consistent");
+        if repaired.is_empty() {
+            println!("store is consistent");
+        } else {
+            println!("store is consistent (after the repairs above)");
+        }
     }
     Ok(())
 }
