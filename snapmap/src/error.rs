@@ -25,7 +25,7 @@ pub enum Error {
         capacity_bytes: u64,
     },
     /// The store was formatted for a different origin.
-    #[error("store {store} belongs to backing {expected}, not {found}: pass the store that belongs to {found} (or a new --store path to start a fresh one)")]
+    #[error("store {store} belongs to backing {expected}, not {found}: pass the store that belongs to {found}, or, if the pair was moved or copied together, open it with the adopt option to bind it to {found}")]
     WrongOrigin {
         /// The store's name.
         store: String,
@@ -35,7 +35,7 @@ pub enum Error {
         found: String,
     },
     /// The file holds no snapblk superblock.
-    #[error("{store} is not a snapblk store (no valid superblock): point --store at the right file, or remove it to format a new store")]
+    #[error("{store} is not a snapblk store (no valid superblock) and was left untouched: open the store that belongs to this origin, or format a new store at a path that does not exist yet")]
     NotAStore {
         /// The file's name.
         store: String,
@@ -90,7 +90,7 @@ pub enum Error {
         size: u64,
     },
     /// Another process (or another open in this one) already has the file.
-    #[error("{what} {path} is in use by {holder}: stop that first — `snapblk list` shows running devices, and a running device's own commands (`snapblk snapshot`, `snapblk restore --dev`) work while it runs")]
+    #[error("{what} {path} is in use by {holder}: stop that first — `snapblk list` shows running devices, and while a device runs, use its own commands with -n ID")]
     InUse {
         /// "store" or "backing".
         what: &'static str,
