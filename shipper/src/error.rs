@@ -83,6 +83,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The problem alone, without the advice to run `snapblk remote verify`: what verify
+    /// itself reports (advising the command that is already running helps nobody).
+    pub fn finding(&self) -> String {
+        match self {
+            Error::Corrupt { key, detail } => format!("remote object {key} is corrupt: {detail}"),
+            e => e.to_string(),
+        }
+    }
+
     pub(crate) fn io(
         path: impl AsRef<std::path::Path>,
         op: &'static str,

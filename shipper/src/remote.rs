@@ -120,6 +120,8 @@ pub(crate) fn catalog(target: &dyn Target) -> Result<Catalog> {
                 points.insert(seq, e);
             }
             Err(Error::Target(t)) => return Err(Error::Target(t)),
+            // Keep what is wrong, not the advice: list and prune wrap it again.
+            Err(Error::Corrupt { detail, .. }) => broken.push((key, detail)),
             Err(e) => broken.push((key, e.to_string())),
         }
     }
@@ -471,9 +473,13 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    /// True when every point is restorable and nothing is unreadable.
+    /// True when at least one point was checked, every point is restorable and nothing is
+    /// unreadable. An empty target proves nothing (a wrong URL looks exactly like it), so
+    /// it is not "ok".
     pub fn ok(&self) -> bool {
-        self.problems.is_empty() && self.points.iter().all(|p| p.problem.is_none())
+        !self.points.is_empty()
+            && self.problems.is_empty()
+            && self.points.iter().all(|p| p.problem.is_none())
     }
 }
 
@@ -489,13 +495,15 @@ pub fn remote_verify(target: &dyn Target) -> Result<VerifyReport> {
         bytes_checked: 0,
     };
     for (key, err) in &cat.broken {
-        report.problems.push(format!("{key}: {err}"));
+        report
+            .problems
+            .push(format!("remote object {key} is corrupt: {err}"));
     }
     // Each segment is downloaded once; its verdict is shared by every point whose chain uses it.
     let mut verdict: HashMap<String, Option<String>> = HashMap::new();
     for (&seq, _) in cat.points.iter() {
         let problem = match cat.chain(seq) {
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(e.finding()),
             Ok(chain) => {
                 let nblocks = chain[0].nblocks();
                 let mut first = None;
@@ -515,7 +523,7 @@ pub fn remote_verify(target: &dyn Target) -> Result<VerifyReport> {
                                     {
                                         return Err(Error::Target(t))
                                     }
-                                    Err(e) => Some(e.to_string()),
+                                    Err(e) => Some(e.finding()),
                                 };
                                 report.segments_checked += 1;
                                 verdict.insert(key.clone(), v.clone());
