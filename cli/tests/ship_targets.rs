@@ -134,6 +134,30 @@ fn file_urls_are_absolute_decoded_and_name_a_directory() {
 }
 
 #[test]
+fn ship_once_with_nothing_changed_commits_no_point_and_exits_0() {
+    let v = volume();
+    let url = format!("file://{}", v.s("remote"));
+    assert_eq!(v.ship(&url)["committed"], true);
+    let again = v.ship(&url);
+    assert_eq!(again["committed"], false, "{again}");
+    assert_eq!(again["seq"], 1, "{again}");
+    let out = ok(&v.run_offline(&["ship", "--to", &url, "--once"]));
+    assert!(out.contains("nothing changed since point 1"), "{out}");
+    let list = json(&v.run(&["remote", "list", "--from", &url, "--json"]));
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    // A change is shipped as the next point.
+    v.with_engine(|e| {
+        e.write(0, &common::pattern(9, common::BS)).unwrap();
+    });
+    let p = v.ship(&url);
+    assert_eq!(
+        (p["committed"].clone(), p["seq"].clone()),
+        (true.into(), 2.into()),
+        "{p}"
+    );
+}
+
+#[test]
 fn receive_into_a_regular_file_names_it_and_the_fix() {
     let v = volume();
     let key = v.p("peer.key");

@@ -24,8 +24,9 @@ pub struct ShipOptions {
     /// Cut a segment once its uncompressed body reaches this many bytes.
     pub segment_bytes: usize,
     /// When nothing changed since the last committed point, commit nothing and drop the
-    /// new local point (recommended for a scheduler; `--once` should leave it off so that
-    /// it always commits a point).
+    /// new local point: the latest committed point already holds the image. The scheduler
+    /// and the offline `ship --once` set it; leave it off to always commit a point (e.g.
+    /// to record a point in time even on an idle volume).
     pub skip_unchanged: bool,
     /// Called as blocks are read; `None` for silence.
     pub progress: Option<Progress>,

@@ -83,7 +83,7 @@ fn print_point(v: &Value, url: &str) {
         );
     } else {
         println!(
-            "nothing changed since point {} on {url}; nothing committed",
+            "nothing changed since point {} on {url}, which already holds this image; no new point committed",
             u(v, "seq")
         );
     }
@@ -185,6 +185,10 @@ fn ship_offline(backing: &Path, store: Option<&Path>, url: &str, a: &ShipArgs) -
         bail!("internal: offline session expected");
     };
     let mut opts = ShipOptions::new(ship_state_path(&store_path, url));
+    // `ship --help`: "committed ... (or nothing changed)", exit 0 either way. When nothing
+    // changed since the latest committed point, that point already holds this exact
+    // image, so it is committed: a new empty point would only lengthen the chain.
+    opts.skip_unchanged = true;
     tracing::info!(%url, state = %opts.state_path.display(), "ship: freezing a ship point and sending the changed blocks");
     let bar = std::sync::Arc::new(Progress::new("ship", Unit::Blocks));
     let b = bar.clone();
