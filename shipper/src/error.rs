@@ -77,6 +77,14 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The output of a restore (an image file or a block device) cannot be used as it is.
+    #[error("restore output {path}: {detail}")]
+    Output {
+        /// The file or device.
+        path: String,
+        /// What is wrong and the fix.
+        detail: String,
+    },
     /// A caller-supplied argument is invalid.
     #[error("invalid argument: {0}")]
     Invalid(String),
