@@ -123,6 +123,42 @@ impl S3Target {
     }
 }
 
+/// Collects a download, failing (and remembering why) once it would exceed `limit` bytes.
+/// The failed write aborts the transfer: the rest of the body is never read.
+struct Bounded {
+    buf: Vec<u8>,
+    limit: u64,
+    over: bool,
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.buf.len() as u64 + data.len() as u64 > this.limit {
+            this.over = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other("object too large")));
+        }
+        this.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 impl Target for S3Target {
     fn id(&self) -> String {
         self.id.clone()
@@ -143,19 +179,32 @@ impl Target for S3Target {
 
     fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>> {
         let path = format!("{}{key}", self.prefix);
-        let r = self
-            .rt
-            .block_on(self.bucket.get_object(&path))
-            .map_err(|e| self.err(key, "GET", e))?;
-        let b = r.bytes();
-        if b.len() as u64 > max_len {
+        // Ask for at most max_len + 1 bytes, and stop reading there even if the server
+        // ignores the range: an oversized object is refused without being downloaded.
+        let mut sink = Bounded {
+            buf: Vec::new(),
+            limit: max_len,
+            over: false,
+        };
+        let r = self.rt.block_on(self.bucket.get_object_range_to_writer(
+            &path,
+            0,
+            Some(max_len),
+            &mut sink,
+        ));
+        if sink.over {
             return Err(TargetError::new(
                 TargetErrorKind::Permanent,
                 format!("{}/{key}", self.id),
-                format!("object is {} bytes, more than the {max_len} allowed for it; it is not a valid snapblk object", b.len()),
+                format!("object is more than the {max_len} bytes allowed for it; it is not a valid snapblk object: remove it, or prune the point it belongs to"),
             ));
         }
-        Ok(b.to_vec())
+        match r {
+            Ok(_) => Ok(sink.buf),
+            // A range cannot be satisfied only by an empty object.
+            Err(S3Error::HttpFailWithBody(416, _)) => Ok(Vec::new()),
+            Err(e) => Err(self.err(key, "GET", e)),
+        }
     }
 
     fn head(&self, key: &str) -> TargetResult<Option<u64>> {

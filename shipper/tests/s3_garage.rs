@@ -259,3 +259,26 @@ fn s3_tampered_segment_is_caught_by_verify_and_refused_by_restore() {
     assert!(e.contains("corrupt") && e.contains("SHA-256"), "{e}");
     assert!(!out.exists());
 }
+
+#[test]
+fn s3_get_is_bounded_by_a_ranged_request_on_a_real_server() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(g) = Garage::start(&d.path().join("garage")) else {
+        return;
+    };
+    let t = s3(&g, "bounded");
+    let obj = noise(7, 300_000);
+    t.put_new("manifests/big", &obj).unwrap();
+    assert!(t.get("manifests/big", obj.len() as u64).unwrap() == obj);
+    let e = t.get("manifests/big", obj.len() as u64 - 1).unwrap_err();
+    assert!(
+        e.detail.contains("more than the 299999 bytes allowed"),
+        "{e}"
+    );
+    assert!(e.object.ends_with("bounded/manifests/big"), "{e}");
+    // An empty object cannot satisfy a range: it still reads as empty.
+    t.put_new("manifests/empty", b"").unwrap();
+    assert_eq!(t.get("manifests/empty", 10).unwrap(), Vec::<u8>::new());
+    let e = t.get("manifests/missing", 10).unwrap_err();
+    assert_eq!(e.kind, TargetErrorKind::NotFound, "{e}");
+}
