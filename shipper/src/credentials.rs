@@ -121,6 +121,18 @@ fn read_private(path: &Path) -> Result<Vec<u8>> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::Credentials(format!("{}: {e}", path.display())))?;
+    // Checked before the mode: `chmod 600` is no fix for a directory or a device.
+    if !meta.is_file() {
+        return Err(Error::Credentials(format!(
+            "{} is {}, not a file; pass the file itself (NAME=value lines, or the key)",
+            path.display(),
+            if meta.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file"
+            }
+        )));
+    }
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(Error::Credentials(format!(
             "{} is readable by group/others; run `chmod 600 {}`",
@@ -189,6 +201,18 @@ mod tests {
             e.contains("unknown setting AWS_SECRET") && e.contains(":1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_directory_is_not_a_credentials_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for e in [
+            Credentials::from_file(d.path()).unwrap_err().to_string(),
+            read_key_file(d.path()).unwrap_err().to_string(),
+        ] {
+            assert!(e.contains("is a directory") && !e.contains("chmod"), "{e}");
+        }
     }
 
     #[test]

@@ -77,12 +77,29 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The output of a restore (an image file or a block device) cannot be used as it is.
+    #[error("restore output {path}: {detail}")]
+    Output {
+        /// The file or device.
+        path: String,
+        /// What is wrong and the fix.
+        detail: String,
+    },
     /// A caller-supplied argument is invalid.
     #[error("invalid argument: {0}")]
     Invalid(String),
 }
 
 impl Error {
+    /// The problem alone, without the advice to run `snapblk remote verify`: what verify
+    /// itself reports (advising the command that is already running helps nobody).
+    pub fn finding(&self) -> String {
+        match self {
+            Error::Corrupt { key, detail } => format!("remote object {key} is corrupt: {detail}"),
+            e => e.to_string(),
+        }
+    }
+
     pub(crate) fn io(
         path: impl AsRef<std::path::Path>,
         op: &'static str,

@@ -8,6 +8,7 @@
 use crate::target::{Target, TargetError, TargetErrorKind, TargetResult};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// A directory holding the remote layout.
@@ -35,23 +36,111 @@ pub(crate) fn validate_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads `r` to its end, but never more than `max_len + 1` bytes: `None` when it holds more
+/// than `max_len`. `hint` (the expected length) only sizes the buffer.
+fn read_bounded(r: impl Read, hint: u64, max_len: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(hint.min(max_len) as usize);
+    r.take(max_len.saturating_add(1)).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= max_len).then_some(buf))
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 impl FileTarget {
-    /// Opens (creating if needed) the directory `root`.
+    /// Opens the directory `root` for shipping, creating it when it is missing — but only
+    /// it: its parent must exist. A typo in the URL, or a backup disk that is not mounted,
+    /// then fails here instead of silently filling a new tree on the wrong disk.
     pub fn new(root: impl Into<PathBuf>) -> TargetResult<FileTarget> {
-        let root = root.into();
-        let t = FileTarget { root };
-        fs::create_dir_all(&t.root).map_err(|e| {
-            t.err(
-                &t.root.display().to_string(),
-                "create the target directory",
-                e,
-            )
-        })?;
+        let t = FileTarget { root: root.into() };
+        match fs::metadata(&t.root) {
+            Ok(m) if m.is_dir() => return Ok(t),
+            Ok(_) => return Err(t.not_a_directory()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(t.root_err("inspect the target directory", e)),
+        }
+        let parent = match t.root.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = t
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match fs::metadata(&parent) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(TargetError::new(
+                    TargetErrorKind::Permanent,
+                    t.url(),
+                    format!(
+                        "{} is not a directory; name a target directory inside an existing directory",
+                        parent.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TargetError::new(
+                    TargetErrorKind::NotFound,
+                    t.url(),
+                    format!(
+                        "parent directory {} does not exist; check the URL and that the disk holding it is mounted, or create it first (shipping creates only the last directory, {name:?})",
+                        parent.display()
+                    ),
+                ))
+            }
+            Err(e) => return Err(t.root_err("inspect the parent directory", e)),
+        }
+        match fs::create_dir(&t.root) {
+            Ok(()) => {}
+            // Created meanwhile by someone else: fine if it is a directory.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && t.root.is_dir() => return Ok(t),
+            Err(e) => return Err(t.root_err("create the target directory", e)),
+        }
+        fsync_dir(&parent).map_err(|e| t.root_err("fsync the parent directory", e))?;
         Ok(t)
+    }
+
+    /// Opens the existing directory `root` for reading (list, verify, restore, prune):
+    /// creates nothing and fails, naming the URL, when the directory is missing.
+    pub fn open(root: impl Into<PathBuf>) -> TargetResult<FileTarget> {
+        let t = FileTarget { root: root.into() };
+        match fs::metadata(&t.root) {
+            Ok(m) if m.is_dir() => Ok(t),
+            Ok(_) => Err(t.not_a_directory()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(TargetError::new(
+                TargetErrorKind::NotFound,
+                t.url(),
+                "no such directory: nothing has been shipped there; check the URL and that the disk holding it is mounted",
+            )),
+            Err(e) => Err(t.root_err("open the target directory", e)),
+        }
+    }
+
+    /// The target as given (not canonicalized: it may not exist yet).
+    fn url(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn not_a_directory(&self) -> TargetError {
+        TargetError::new(
+            TargetErrorKind::Permanent,
+            self.url(),
+            format!(
+                "{} exists and is not a directory; a file:// target is a directory: write file:///path/to/dir",
+                self.root.display()
+            ),
+        )
+    }
+
+    fn root_err(&self, op: &str, e: io::Error) -> TargetError {
+        TargetError::new(
+            TargetErrorKind::Permanent,
+            self.url(),
+            format!("{op}: {e}; check the path and its permissions"),
+        )
     }
 
     /// The directory.
@@ -78,6 +167,14 @@ impl FileTarget {
             kind,
             format!("{}/{key}", self.id()),
             format!("{op}: {e}{fix}"),
+        )
+    }
+
+    fn not_regular(&self, key: &str, what: &str) -> TargetError {
+        TargetError::new(
+            TargetErrorKind::Permanent,
+            format!("{}/{key}", self.id()),
+            format!("{what}; snapblk only reads objects that are regular files: remove it (and re-ship) or restore from another point"),
         )
     }
 
@@ -189,25 +286,46 @@ impl Target for FileTarget {
 
     fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>> {
         let path = self.path(key)?;
-        let mut f = File::open(&path).map_err(|e| self.err(key, "open", e))?;
-        let len = f.metadata().map_err(|e| self.err(key, "stat", e))?.len();
-        if len > max_len {
-            return Err(TargetError::new(
+        // O_NOFOLLOW: an object is a regular file, never a link planted to make us read
+        // something else; O_NONBLOCK: opening a FIFO planted under an object's name must
+        // not hang (it is refused below as not a regular file).
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => self.not_regular(key, "a symbolic link"),
+                _ => self.err(key, "open", e),
+            })?;
+        let meta = f.metadata().map_err(|e| self.err(key, "stat", e))?;
+        if !meta.is_file() {
+            return Err(self.not_regular(key, "not a regular file"));
+        }
+        let too_big = |len: String| {
+            TargetError::new(
                 TargetErrorKind::Permanent,
                 format!("{}/{key}", self.id()),
-                format!("object is {len} bytes, more than the {max_len} allowed for it; it is not a valid snapblk object"),
-            ));
+                format!("object is {len} bytes, more than the {max_len} allowed for it; it is not a valid snapblk object: remove it, or prune the point it belongs to"),
+            )
+        };
+        if meta.len() > max_len {
+            return Err(too_big(meta.len().to_string()));
         }
-        let mut buf = Vec::with_capacity(len as usize);
-        f.read_to_end(&mut buf)
-            .map_err(|e| self.err(key, "read", e))?;
-        Ok(buf)
+        // The size can change between the stat and the read (a file being appended to):
+        // the read is bounded too, so memory stays bounded either way.
+        match read_bounded(&f, meta.len(), max_len).map_err(|e| self.err(key, "read", e))? {
+            Some(buf) => Ok(buf),
+            None => Err(too_big(format!("more than {max_len}"))),
+        }
     }
 
     fn head(&self, key: &str) -> TargetResult<Option<u64>> {
         let path = self.path(key)?;
-        match fs::metadata(&path) {
-            Ok(m) => Ok(Some(m.len())),
+        // Not following links, like `get`: what `head` reports is what `get` would read.
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(m) if m.file_type().is_symlink() => Err(self.not_regular(key, "a symbolic link")),
+            Ok(_) => Err(self.not_regular(key, "not a regular file")),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.err(key, "stat", e)),
         }
@@ -283,6 +401,85 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn reads_are_bounded_even_when_the_source_never_ends() {
+        // An endless source (a file that keeps growing after the stat) stops one byte past
+        // the limit instead of filling memory.
+        assert_eq!(read_bounded(io::repeat(7), 10, 1000).unwrap(), None);
+        assert_eq!(
+            read_bounded(&b"abc"[..], 3, 3).unwrap().as_deref(),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(read_bounded(&b"abcd"[..], 0, 3).unwrap(), None);
+    }
+
+    #[test]
+    fn get_refuses_links_fifos_and_oversized_objects() {
+        let d = tempfile::tempdir().unwrap();
+        let t = FileTarget::new(d.path().join("r")).unwrap();
+        t.put_new("manifests/a", b"0123456789").unwrap();
+        let secret = d.path().join("secret");
+        fs::write(&secret, b"not yours").unwrap();
+        std::os::unix::fs::symlink(&secret, d.path().join("r/manifests/link")).unwrap();
+        let e = t.get("manifests/link", 100).unwrap_err();
+        assert!(e.detail.contains("symbolic link"), "{e}");
+        assert!(
+            t.head("manifests/link").is_err(),
+            "head does not follow links either"
+        );
+        let fifo = std::ffi::CString::new(
+            d.path()
+                .join("r/manifests/fifo")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // Would block forever without O_NONBLOCK (no writer ever opens the FIFO).
+        let e = t.get("manifests/fifo", 100).unwrap_err();
+        assert!(e.detail.contains("not a regular file"), "{e}");
+        let e = t.get("manifests/a", 9).unwrap_err();
+        assert!(e.detail.contains("more than the 9 allowed"), "{e}");
+        assert_eq!(t.get("manifests/a", 10).unwrap(), b"0123456789");
+    }
+
+    #[test]
+    fn shipping_creates_only_the_last_directory_and_reading_creates_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        // Reading a missing target: an error naming it, and nothing created.
+        let e = FileTarget::open(d.path().join("nope")).unwrap_err();
+        assert_eq!(e.kind, TargetErrorKind::NotFound);
+        assert!(
+            e.object.ends_with("/nope") && e.detail.contains("nothing has been shipped"),
+            "{e}"
+        );
+        assert!(!d.path().join("nope").exists());
+        // Shipping into a missing parent: an error naming the parent, nothing created.
+        let e = FileTarget::new(d.path().join("a/b/c")).unwrap_err();
+        let parent = d.path().join("a/b").display().to_string();
+        assert!(
+            e.detail.contains(&parent) && e.detail.contains("\"c\""),
+            "{e}"
+        );
+        assert!(!d.path().join("a").exists());
+        // The last directory is created, then opened as it is.
+        FileTarget::new(d.path().join("a")).unwrap();
+        assert!(d.path().join("a").is_dir());
+        FileTarget::new(d.path().join("a")).unwrap();
+        FileTarget::open(d.path().join("a")).unwrap();
+        // A regular file is not a target: one clear sentence, no doubled path.
+        fs::write(d.path().join("f.img"), b"x").unwrap();
+        for e in [
+            FileTarget::new(d.path().join("f.img")).unwrap_err(),
+            FileTarget::open(d.path().join("f.img")).unwrap_err(),
+        ] {
+            let msg = e.to_string();
+            assert!(msg.contains("is not a directory"), "{msg}");
+            assert_eq!(msg.matches("f.img").count(), 2, "{msg}");
+        }
     }
 
     #[test]

@@ -60,4 +60,4 @@ pub use scheduler::{Scheduler, SchedulerStats};
 pub use ship::{ship_once, PointInfo, ShipOptions};
 pub use source::{MemSource, PointSource};
 pub use target::{Retry, Retrying, Target, TargetError, TargetErrorKind};
-pub use url::{target_from_url, TargetUrl};
+pub use url::{existing_target_from_url, target_from_url, TargetUrl};

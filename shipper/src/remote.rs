@@ -6,6 +6,7 @@ use crate::target::{publish, Target};
 use roaring::RoaringBitmap;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::str::FromStr;
@@ -120,6 +121,8 @@ pub(crate) fn catalog(target: &dyn Target) -> Result<Catalog> {
                 points.insert(seq, e);
             }
             Err(Error::Target(t)) => return Err(Error::Target(t)),
+            // Keep what is wrong, not the advice: list and prune wrap it again.
+            Err(Error::Corrupt { detail, .. }) => broken.push((key, detail)),
             Err(e) => broken.push((key, e.to_string())),
         }
     }
@@ -257,10 +260,17 @@ pub struct RestoreReport {
 
 /// Rebuilds the image of committed point `point` into `out`.
 ///
-/// `out` must not exist (it is written as `out.partial` and renamed only when complete and
-/// fsynced) or be a block device at least as large as the volume. Every segment is checked
-/// (SHA-256 against the manifest, every record's crc32) before its blocks are used; on any
-/// failure the partial file is removed. `progress(done, total)` counts segments.
+/// `out` is either a new regular file or a block device:
+/// - a file must not exist; it is written unnamed ([`snapmap::NewFile`]) and appears at
+///   `out` only once complete and durable, so a failed, interrupted or killed restore
+///   leaves nothing, and no neighbouring file (such as an `out.partial` of the user's) is
+///   touched;
+/// - a device is opened exclusively (`O_EXCL`: the kernel refuses a mounted or otherwise
+///   held device) and must be at least as large as the volume, checked before the first
+///   write.
+///
+/// Every segment is checked (SHA-256 against the manifest, every record's crc32) before its
+/// blocks are used. `progress(done, total)` counts segments.
 pub fn remote_restore(
     target: &dyn Target,
     point: PointSel,
@@ -282,81 +292,81 @@ pub fn remote_restore(
     let is_blockdev = fs::metadata(out)
         .map(|m| m.file_type().is_block_device())
         .unwrap_or(false);
-    let tmp = out.with_file_name(format!(
-        "{}.partial",
-        out.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("restore")
-    ));
-    let (file, write_path) = if is_blockdev {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(out)
-            .map_err(|e| Error::io(out, "open block device", e))?;
-        (f, out.to_path_buf())
+    let (blocks_written, segments_read, bytes_downloaded) = if is_blockdev {
+        let dev = open_device(out, tip.volume_size, seq)?;
+        let r = restore_into(target, &chain, &dev, out, nblocks, true, progress)?;
+        dev.sync_all()
+            .map_err(|e| Error::io(out, "fsync the restored device", e))?;
+        r
     } else {
-        if out.exists() {
-            return Err(Error::io(
-                out,
-                "restore",
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "output already exists; remove it or choose another path",
-                ),
-            ));
-        }
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, "create restore output", e))?;
-        f.set_len(tip.volume_size)
-            .map_err(|e| Error::io(&tmp, "size restore output", e))?;
-        (f, tmp.clone())
+        let image = snapmap::NewFile::create(out).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::Output {
+                path: out.display().to_string(),
+                detail: "already exists; remove it or restore to another path".into(),
+            },
+            _ => Error::io(out, "create the restored image", e),
+        })?;
+        image
+            .file()
+            .set_len(tip.volume_size)
+            .map_err(|e| Error::io(out, "size the restored image (is there room?)", e))?;
+        // On any error `image` is dropped unnamed: nothing appears at `out`.
+        let r = restore_into(target, &chain, image.file(), out, nblocks, false, progress)?;
+        image.persist().map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::Output {
+                path: out.display().to_string(),
+                detail: "appeared while the image was being restored and was left alone; remove it or restore to another path".into(),
+            },
+            _ => Error::io(out, "make the restored image durable and name it", e),
+        })?;
+        r
     };
-    let result = restore_into(
-        target,
-        &chain,
-        &file,
-        &write_path,
-        nblocks,
-        is_blockdev,
-        progress,
-    );
-    match result {
-        Ok((blocks_written, segments_read, bytes_downloaded)) => {
-            file.sync_all()
-                .map_err(|e| Error::io(&write_path, "fsync restore output", e))?;
-            drop(file);
-            if !is_blockdev {
-                fs::rename(&tmp, out)
-                    .map_err(|e| Error::io(out, "rename restored image into place", e))?;
-                let dir = out
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| Error::io(dir, "fsync directory", e))?;
-            }
-            Ok(RestoreReport {
-                seq,
-                volume_size: tip.volume_size,
-                blocks_written,
-                segments_read,
-                bytes_downloaded,
-                elapsed: started.elapsed(),
-            })
-        }
-        Err(e) => {
-            drop(file);
-            if !is_blockdev {
-                let _ = fs::remove_file(&tmp);
-            }
-            Err(e)
-        }
+    Ok(RestoreReport {
+        seq,
+        volume_size: tip.volume_size,
+        blocks_written,
+        segments_read,
+        bytes_downloaded,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Opens block device `path` for a restore of `volume_size` bytes: exclusively, and only
+/// if it is large enough, so nothing is written to a mounted or too-small device.
+fn open_device(path: &Path, volume_size: u64, seq: u64) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let output = |detail: String| Error::Output {
+        path: path.display().to_string(),
+        detail,
+    };
+    let dev = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => output(
+                "the device is in use (mounted, or held by another program such as a running device or LVM); unmount it or stop what holds it, then restore again".into(),
+            ),
+            _ => Error::io(path, "open the block device", e),
+        })?;
+    // _IOR(0x12, 114, u64): the device's size in bytes.
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 to the pointer we pass, which outlives the call.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
+    if r != 0 {
+        return Err(Error::io(
+            path,
+            "read the block device's size",
+            std::io::Error::last_os_error(),
+        ));
     }
+    if size < volume_size {
+        return Err(output(format!(
+            "the device holds {size} bytes, less than the {volume_size} bytes of point {seq}'s volume; restore to a device of at least {volume_size} bytes or to a new image file"
+        )));
+    }
+    Ok(dev)
 }
 
 fn restore_into(
@@ -471,9 +481,13 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    /// True when every point is restorable and nothing is unreadable.
+    /// True when at least one point was checked, every point is restorable and nothing is
+    /// unreadable. An empty target proves nothing (a wrong URL looks exactly like it), so
+    /// it is not "ok".
     pub fn ok(&self) -> bool {
-        self.problems.is_empty() && self.points.iter().all(|p| p.problem.is_none())
+        !self.points.is_empty()
+            && self.problems.is_empty()
+            && self.points.iter().all(|p| p.problem.is_none())
     }
 }
 
@@ -489,13 +503,15 @@ pub fn remote_verify(target: &dyn Target) -> Result<VerifyReport> {
         bytes_checked: 0,
     };
     for (key, err) in &cat.broken {
-        report.problems.push(format!("{key}: {err}"));
+        report
+            .problems
+            .push(format!("remote object {key} is corrupt: {err}"));
     }
     // Each segment is downloaded once; its verdict is shared by every point whose chain uses it.
     let mut verdict: HashMap<String, Option<String>> = HashMap::new();
     for (&seq, _) in cat.points.iter() {
         let problem = match cat.chain(seq) {
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(e.finding()),
             Ok(chain) => {
                 let nblocks = chain[0].nblocks();
                 let mut first = None;
@@ -515,7 +531,7 @@ pub fn remote_verify(target: &dyn Target) -> Result<VerifyReport> {
                                     {
                                         return Err(Error::Target(t))
                                     }
-                                    Err(e) => Some(e.to_string()),
+                                    Err(e) => Some(e.finding()),
                                 };
                                 report.segments_checked += 1;
                                 verdict.insert(key.clone(), v.clone());

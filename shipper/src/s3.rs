@@ -20,6 +20,8 @@ pub struct S3Target {
     bucket: Box<Bucket>,
     prefix: String,
     id: String,
+    /// `AWS_ENDPOINT_URL`, named in errors (it holds no secret).
+    endpoint: String,
     rt: tokio::runtime::Runtime,
 }
 
@@ -41,11 +43,37 @@ impl S3Target {
             .region
             .clone()
             .unwrap_or_else(|| "us-east-1".to_string());
-        let (Some(ak), Some(sk)) = (&creds.access_key, &creds.secret_key) else {
-            return Err(Error::Credentials(
-                "no S3 keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment or config file".into(),
-            ));
+        // Only http(s) can work; anything else would fail every request the same way.
+        let scheme_ok = ["http://", "https://"].iter().any(|p| {
+            endpoint
+                .strip_prefix(p)
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        });
+        if !scheme_ok {
+            return Err(Error::Credentials(format!(
+                "AWS_ENDPOINT_URL={endpoint} is not an http:// or https:// URL with a host; write e.g. http://127.0.0.1:3900 or https://s3.example.net"
+            )));
+        }
+        let (ak, sk) = match (&creds.access_key, &creds.secret_key) {
+            (Some(ak), Some(sk)) => (ak, sk),
+            (ak, sk) => {
+                let missing: Vec<&str> = [
+                    ak.is_none().then_some("AWS_ACCESS_KEY_ID"),
+                    sk.is_none().then_some("AWS_SECRET_ACCESS_KEY"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                return Err(Error::Credentials(format!(
+                    "no {} for the S3 endpoint {endpoint}: set it in the environment or the --credentials file",
+                    missing.join(" and ")
+                )));
+            }
         };
+        // The shipper retries every request itself (`Retrying`), with its own bounds and
+        // quieter logging; rust-s3's own retry would multiply the attempts, add seconds
+        // of sleep to each, and warn on every one.
+        s3::set_retries(0);
         let c = s3::creds::Credentials::new(Some(ak), Some(sk), None, None, None).map_err(|e| {
             Error::Credentials(format!("S3 credentials rejected by the client: {e}"))
         })?;
@@ -89,6 +117,7 @@ impl S3Target {
             bucket,
             prefix,
             id,
+            endpoint,
             rt,
         })
     }
@@ -99,8 +128,14 @@ impl S3Target {
             S3Error::HttpFailWithBody(code, body) => {
                 let body: String = body.chars().take(300).collect();
                 match *code {
-                    404 => (TargetErrorKind::NotFound, format!("{op}: not found")),
-                    412 => (TargetErrorKind::AlreadyExists, format!("{op}: object already exists")),
+                    401 | 403 if body.contains("InvalidAccessKeyId") => (
+                        TargetErrorKind::Auth,
+                        format!("{op}: HTTP {code}: {} does not know this access key id; check AWS_ACCESS_KEY_ID ({body})", self.endpoint),
+                    ),
+                    401 | 403 if body.contains("SignatureDoesNotMatch") => (
+                        TargetErrorKind::Auth,
+                        format!("{op}: HTTP {code}: the request signature was rejected; check AWS_SECRET_ACCESS_KEY (and AWS_REGION) ({body})"),
+                    ),
                     401 | 403 => (
                         TargetErrorKind::Auth,
                         format!("{op}: HTTP {code}: access denied; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the key's permissions on the bucket ({body})"),
@@ -109,17 +144,82 @@ impl S3Target {
                         TargetErrorKind::Auth,
                         format!("{op}: HTTP 400: signature region rejected; set AWS_REGION to the server's region (Garage: s3_region) ({body})"),
                     ),
-                    408 | 429 | 500..=599 => (TargetErrorKind::Transient, format!("{op}: HTTP {code} ({body})")),
+                    404 if body.contains("NoSuchBucket") => (
+                        TargetErrorKind::NotFound,
+                        format!("{op}: bucket {} does not exist on {}; check the bucket in the URL (s3://BUCKET/PREFIX) and AWS_ENDPOINT_URL", self.bucket.name, self.endpoint),
+                    ),
+                    404 => (TargetErrorKind::NotFound, format!("{op}: not found")),
+                    412 => (TargetErrorKind::AlreadyExists, format!("{op}: object already exists")),
+                    408 | 429 | 500..=599 => (TargetErrorKind::Transient, format!("{op}: HTTP {code} from {} ({body})", self.endpoint)),
                     _ => (TargetErrorKind::Permanent, format!("{op}: HTTP {code} ({body})")),
                 }
             }
-            S3Error::Reqwest(_) | S3Error::Io(_) | S3Error::HttpFail => (
+            // A request that could not even be built (bad URL) fails the same way forever.
+            S3Error::Reqwest(r) if r.is_builder() => (
+                TargetErrorKind::Permanent,
+                format!("{op}: cannot build a request for the endpoint {} ({e}); check AWS_ENDPOINT_URL (e.g. http://127.0.0.1:3900)", self.endpoint),
+            ),
+            S3Error::Reqwest(r) => (
                 TargetErrorKind::Transient,
-                format!("{op}: {e}; check that the endpoint (AWS_ENDPOINT_URL) is reachable"),
+                format!(
+                    "{op}: cannot reach the S3 endpoint {} ({}); check AWS_ENDPOINT_URL and that the server is up",
+                    self.endpoint,
+                    root_cause(r)
+                ),
+            ),
+            S3Error::Io(_) | S3Error::HttpFail => (
+                TargetErrorKind::Transient,
+                format!("{op}: {e}; check AWS_ENDPOINT_URL ({}) and that the server is up", self.endpoint),
             ),
             _ => (TargetErrorKind::Permanent, format!("{op}: {e}")),
         };
         TargetError::new(kind, object, detail)
+    }
+}
+
+/// The innermost error of `e`'s chain ("Connection refused (os error 111)"): the part a
+/// user can act on, without reqwest's wrapping.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Collects a download, failing (and remembering why) once it would exceed `limit` bytes.
+/// The failed write aborts the transfer: the rest of the body is never read.
+struct Bounded {
+    buf: Vec<u8>,
+    limit: u64,
+    over: bool,
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.buf.len() as u64 + data.len() as u64 > this.limit {
+            this.over = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other("object too large")));
+        }
+        this.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -143,19 +243,32 @@ impl Target for S3Target {
 
     fn get(&self, key: &str, max_len: u64) -> TargetResult<Vec<u8>> {
         let path = format!("{}{key}", self.prefix);
-        let r = self
-            .rt
-            .block_on(self.bucket.get_object(&path))
-            .map_err(|e| self.err(key, "GET", e))?;
-        let b = r.bytes();
-        if b.len() as u64 > max_len {
+        // Ask for at most max_len + 1 bytes, and stop reading there even if the server
+        // ignores the range: an oversized object is refused without being downloaded.
+        let mut sink = Bounded {
+            buf: Vec::new(),
+            limit: max_len,
+            over: false,
+        };
+        let r = self.rt.block_on(self.bucket.get_object_range_to_writer(
+            &path,
+            0,
+            Some(max_len),
+            &mut sink,
+        ));
+        if sink.over {
             return Err(TargetError::new(
                 TargetErrorKind::Permanent,
                 format!("{}/{key}", self.id),
-                format!("object is {} bytes, more than the {max_len} allowed for it; it is not a valid snapblk object", b.len()),
+                format!("object is more than the {max_len} bytes allowed for it; it is not a valid snapblk object: remove it, or prune the point it belongs to"),
             ));
         }
-        Ok(b.to_vec())
+        match r {
+            Ok(_) => Ok(sink.buf),
+            // A range cannot be satisfied only by an empty object.
+            Err(S3Error::HttpFailWithBody(416, _)) => Ok(Vec::new()),
+            Err(e) => Err(self.err(key, "GET", e)),
+        }
     }
 
     fn head(&self, key: &str) -> TargetResult<Option<u64>> {

@@ -24,8 +24,9 @@ pub struct ShipOptions {
     /// Cut a segment once its uncompressed body reaches this many bytes.
     pub segment_bytes: usize,
     /// When nothing changed since the last committed point, commit nothing and drop the
-    /// new local point (recommended for a scheduler; `--once` should leave it off so that
-    /// it always commits a point).
+    /// new local point: the latest committed point already holds the image. The scheduler
+    /// and the offline `ship --once` set it; leave it off to always commit a point (e.g.
+    /// to record a point in time even on an idle volume).
     pub skip_unchanged: bool,
     /// Called as blocks are read; `None` for silence.
     pub progress: Option<Progress>,
@@ -350,27 +351,75 @@ pub fn ship_once(
     Ok(info)
 }
 
-fn lock_state(state: &std::path::Path, tid: &str) -> Result<std::fs::File> {
+/// The lock of one ship per state file, held for the length of a ship.
+///
+/// Its file (`STATE.lock`) exists only while a ship runs: it is unlinked on drop, while
+/// still locked, so failed or finished ships leave nothing next to the store.
+struct StateLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        // Unlinked before `_file` closes (and unlocks): whoever opened the old name meanwhile
+        // finds, once it gets the lock, that the name no longer leads to its inode, and
+        // retries on a fresh one (see `lock_state`).
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn lock_state(state: &std::path::Path, tid: &str) -> Result<StateLock> {
+    use std::os::unix::fs::MetadataExt;
     let mut name = state.as_os_str().to_owned();
     name.push(".lock");
     let path = PathBuf::from(name);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, "open ship lock file", e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Conflict {
-            target: tid.to_string(),
-            detail: format!(
-                "another ship using state file {} is running; wait for it or stop the other shipper",
-                state.display()
-            ),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, "lock ship state", e)),
+    // Each round loses only to a holder that unlinked the name in the meantime; a handful
+    // of rounds is plenty, the bound only keeps a pathological race finite.
+    for _ in 0..100 {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, "open ship lock file", e))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Conflict {
+                    target: tid.to_string(),
+                    detail: format!(
+                        "another ship using state file {} is running; wait for it or stop the other shipper",
+                        state.display()
+                    ),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(&path, "lock ship state", e))
+            }
+        }
+        // A lock on an inode the name no longer leads to (unlinked by the previous holder)
+        // excludes nobody: only the lock on the current file counts.
+        let ours = f
+            .metadata()
+            .map_err(|e| Error::io(&path, "stat ship lock file", e))?;
+        match std::fs::metadata(&path) {
+            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
+                return Ok(StateLock { path, _file: f })
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&path, "stat ship lock file", e)),
+        }
     }
+    Err(Error::Conflict {
+        target: tid.to_string(),
+        detail: format!(
+            "the ship lock {} keeps changing hands; another shipper uses state file {}: stop it",
+            path.display(),
+            state.display()
+        ),
+    })
 }
 
 /// Deletes local points that are no longer needed; keeps the names whose deletion failed.

@@ -1,7 +1,9 @@
 //! The one place where a target URL becomes a [`Target`].
 //!
 //! Accepted forms:
-//! - `file:///absolute/dir` (or `file://relative/dir`)
+//! - `file:///absolute/dir` (`%XX` escapes decoded, e.g. `file:///srv/my%20backups`;
+//!   `file://localhost/dir` is the same; a relative `file://dir` is refused, since it would
+//!   silently depend on the working directory)
 //! - `s3://bucket/optional/prefix` — endpoint, region and keys from [`Credentials`]
 //! - `peer://host:port` — pre-shared key from [`Credentials::peer_key`]
 //!
@@ -46,12 +48,25 @@ impl TargetUrl {
         }
         match scheme {
             "file" => {
-                if rest.is_empty() {
+                // RFC 8089: file://localhost/p is file:///p; any other host is not ours.
+                let path = match rest.strip_prefix("localhost") {
+                    Some(p) if p.starts_with('/') => p,
+                    _ => rest,
+                };
+                if path.is_empty() {
                     return Err(bad(
                         "file URL without a directory; write file:///path/to/dir",
                     ));
                 }
-                Ok(TargetUrl::File(rest.to_string()))
+                if !path.starts_with('/') {
+                    return Err(bad(&format!(
+                        "a file URL names an absolute directory: write file:///absolute/path (three slashes), e.g. file://{}",
+                        std::env::current_dir()
+                            .map(|d| d.join(path).display().to_string())
+                            .unwrap_or_else(|_| format!("/{path}"))
+                    )));
+                }
+                Ok(TargetUrl::File(percent_decode(path).map_err(|d| bad(&d))?))
             }
             "s3" => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -87,11 +102,27 @@ impl TargetUrl {
         }
     }
 
-    /// Builds the target, wrapped with the retry policy from `creds`.
+    /// Builds the target for shipping, wrapped with the retry policy from `creds`. A
+    /// `file://` directory is created if missing, but only its last component.
     pub fn open(&self, creds: &Credentials) -> Result<Box<dyn Target>> {
+        self.open_as(creds, true)
+    }
+
+    /// Builds the target for reading what was shipped (list, verify, restore, prune):
+    /// nothing is created, and a missing `file://` directory is an error naming it.
+    pub fn open_existing(&self, creds: &Credentials) -> Result<Box<dyn Target>> {
+        self.open_as(creds, false)
+    }
+
+    fn open_as(&self, creds: &Credentials, create: bool) -> Result<Box<dyn Target>> {
         Ok(match self {
             TargetUrl::File(dir) => {
-                Box::new(Retrying::new(FileTarget::new(dir.as_str())?, creds.retry))
+                let t = if create {
+                    FileTarget::new(dir.as_str())?
+                } else {
+                    FileTarget::open(dir.as_str())?
+                };
+                Box::new(Retrying::new(t, creds.retry))
             }
             TargetUrl::S3 { bucket, prefix } => Box::new(Retrying::new(
                 S3Target::new(bucket, prefix, creds)?,
@@ -107,9 +138,44 @@ impl TargetUrl {
     }
 }
 
-/// Parses `url` and opens the target it names (the CLI's single entry point).
+/// Decodes `%XX` escapes of a `file://` path; refuses malformed escapes, NUL and non-UTF-8.
+fn percent_decode(path: &str) -> std::result::Result<String, String> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(0) => return Err("%00 (NUL) cannot be part of a path".into()),
+            Some(v) => out.push(v),
+            None => {
+                return Err(format!(
+                    "bad escape at byte {i}: '%' must be followed by two hex digits (write %25 for a literal '%')"
+                ))
+            }
+        }
+        i += 3;
+    }
+    String::from_utf8(out).map_err(|_| "the decoded path is not UTF-8".into())
+}
+
+/// Parses `url` and opens the target it names for shipping (see [`TargetUrl::open`]).
 pub fn target_from_url(url: &str, creds: &Credentials) -> Result<Box<dyn Target>> {
     TargetUrl::parse(url)?.open(creds)
+}
+
+/// Parses `url` and opens the target it names for reading what was shipped there; creates
+/// nothing (see [`TargetUrl::open_existing`]).
+pub fn existing_target_from_url(url: &str, creds: &Credentials) -> Result<Box<dyn Target>> {
+    TargetUrl::parse(url)?.open_existing(creds)
 }
 
 impl dyn Target {
@@ -150,6 +216,32 @@ mod tests {
     }
 
     #[test]
+    fn file_paths_are_percent_decoded_and_localhost_is_accepted() {
+        for (u, p) in [
+            ("file:///tmp/sp%20ace/x", "/tmp/sp ace/x"),
+            ("file:///tmp/100%25", "/tmp/100%"),
+            ("file://localhost/srv/b", "/srv/b"),
+            ("file:///tmp/%C3%A9t%C3%A9", "/tmp/\u{e9}t\u{e9}"),
+        ] {
+            assert_eq!(
+                TargetUrl::parse(u).unwrap(),
+                TargetUrl::File(p.into()),
+                "{u}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_relative_file_url_names_the_absolute_fix() {
+        let e = TargetUrl::parse("file://rel/dir").unwrap_err().to_string();
+        let cwd = std::env::current_dir().unwrap();
+        assert!(
+            e.contains(&format!("file://{}", cwd.join("rel/dir").display())),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn refuses_bad_urls_with_a_hint() {
         for (u, hint) in [
             ("ftp://x", "unknown scheme"),
@@ -159,6 +251,12 @@ mod tests {
             ("s3://bkt/../x", "prefix"),
             ("peer://host", "HOST:PORT"),
             ("peer://host:0", "HOST:PORT"),
+            ("file://relative/dir", "file:///absolute/path"),
+            ("file://", "without a directory"),
+            ("file:///a%2", "two hex digits"),
+            ("file:///a%zz", "two hex digits"),
+            ("file:///a%00b", "NUL"),
+            ("file:///a%ff", "UTF-8"),
         ] {
             let e = TargetUrl::parse(u).unwrap_err().to_string();
             assert!(e.contains(hint), "{u}: {e}");

@@ -509,4 +509,41 @@ fn failing_uploads_end_the_ship_with_the_upload_error_and_never_hang() {
     let e = r.unwrap_err();
     assert!(e.contains("injected: disk full"), "{e}");
     assert_eq!(manifests, 0, "nothing committed");
+    assert!(
+        !d.path().join("state.json.lock").exists(),
+        "the failed ship left its lock file"
+    );
+}
+
+#[test]
+fn no_lock_file_stays_once_no_ship_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let t = file_target(d.path());
+    let opts = ShipOptions::new(d.path().join("state.json"));
+    let src = volume(2);
+    ship_once(&src, &t, &opts).unwrap();
+    assert!(!d.path().join("state.json.lock").exists());
+    // A ship that fails after taking the lock (another volume's state) removes it too.
+    let other = ShipOptions::new(d.path().join("other.json"));
+    std::fs::write(
+        d.path().join("other.json"),
+        std::fs::read_to_string(d.path().join("state.json"))
+            .unwrap()
+            .replace(|c: char| c.is_ascii_hexdigit() && c != '0', "0"),
+    )
+    .unwrap();
+    assert!(ship_once(&src, &t, &other).is_err());
+    assert!(!d.path().join("other.json.lock").exists());
+    // A lock on a name that was unlinked by its holder does not block the next ship.
+    let stale = std::fs::File::create(d.path().join("state.json.lock")).unwrap();
+    stale.lock().unwrap();
+    std::fs::remove_file(d.path().join("state.json.lock")).unwrap();
+    mutate(&src, 1);
+    assert!(ship_once(&src, &t, &opts).unwrap().committed);
+    let names: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".lock"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
 }

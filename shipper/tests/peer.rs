@@ -38,6 +38,7 @@ fn quick() -> Retry {
         attempts: 3,
         initial: Duration::from_millis(20),
         max_delay: Duration::from_millis(50),
+        give_up_after: Duration::from_secs(60),
     }
 }
 

@@ -34,15 +34,12 @@ fn credentials(c: &CredArgs) -> Result<Credentials> {
     Ok(creds)
 }
 
-/// Checks `url` and makes a relative `file://` directory absolute, so the daemon (another
-/// process, another working directory) and later commands name the same place.
+/// Checks `url` before anything else happens. A `file://` URL must be absolute (the parser
+/// refuses `file://relative`), so the daemon (another process, another working directory)
+/// and later commands name the same place.
 fn normalize_url(url: &str) -> Result<String> {
-    match TargetUrl::parse(url).with_context(|| format!("target URL {url}"))? {
-        TargetUrl::File(dir) if !Path::new(&dir).is_absolute() => {
-            Ok(format!("file://{}", absolute(Path::new(&dir))?.display()))
-        }
-        _ => Ok(url.to_string()),
-    }
+    TargetUrl::parse(url).with_context(|| format!("target URL {url}"))?;
+    Ok(url.to_string())
 }
 
 fn secrets(c: Credentials) -> ShipSecrets {
@@ -86,7 +83,7 @@ fn print_point(v: &Value, url: &str) {
         );
     } else {
         println!(
-            "nothing changed since point {} on {url}; nothing committed",
+            "nothing changed since point {} on {url}, which already holds this image; no new point committed",
             u(v, "seq")
         );
     }
@@ -188,6 +185,10 @@ fn ship_offline(backing: &Path, store: Option<&Path>, url: &str, a: &ShipArgs) -
         bail!("internal: offline session expected");
     };
     let mut opts = ShipOptions::new(ship_state_path(&store_path, url));
+    // `ship --help`: "committed ... (or nothing changed)", exit 0 either way. When nothing
+    // changed since the latest committed point, that point already holds this exact
+    // image, so it is committed: a new empty point would only lengthen the chain.
+    opts.skip_unchanged = true;
     tracing::info!(%url, state = %opts.state_path.display(), "ship: freezing a ship point and sending the changed blocks");
     let bar = std::sync::Arc::new(Progress::new("ship", Unit::Blocks));
     let b = bar.clone();
@@ -216,6 +217,14 @@ fn ship_offline(backing: &Path, store: Option<&Path>, url: &str, a: &ShipArgs) -
 pub fn receive(a: ReceiveArgs) -> Result<()> {
     let key = shipper::credentials::read_key_file(&a.key_file)
         .with_context(|| format!("read key file {}", a.key_file.display()))?;
+    if let Ok(m) = std::fs::metadata(&a.dir) {
+        if !m.is_dir() {
+            bail!(
+                "receive directory {} exists and is not a directory: pass a directory for --dir (it is created if missing)",
+                a.dir.display()
+            );
+        }
+    }
     std::fs::create_dir_all(&a.dir)
         .with_context(|| format!("create receive directory {}", a.dir.display()))?;
     // Block SIGINT/SIGTERM before any thread starts, then take them on one thread.
@@ -248,10 +257,12 @@ pub fn receive(a: ReceiveArgs) -> Result<()> {
     Ok(())
 }
 
+/// Opens the remote of a `remote` verb: these only read what was shipped (prune deletes
+/// what it replaced), so nothing is created and a missing `file://` directory is an error.
 fn open_remote(f: &RemoteFrom) -> Result<Box<dyn shipper::Target>> {
     let url = normalize_url(&f.from)?;
     tracing::debug!(%url, "opening the remote");
-    shipper::target_from_url(&url, &credentials(&f.creds)?)
+    shipper::existing_target_from_url(&url, &credentials(&f.creds)?)
         .with_context(|| format!("open remote {url}"))
 }
 
@@ -260,16 +271,15 @@ pub fn remote(cmd: RemoteCommand) -> Result<()> {
     match cmd {
         RemoteCommand::List(f) => {
             let t = open_remote(&f)?;
-            let points = shipper::remote_list(t.as_ref()).with_context(|| {
-                format!(
-                    "list points on {} (try `snapblk remote verify --from {}`)",
-                    f.from, f.from
-                )
-            })?;
+            let points = shipper::remote_list(t.as_ref())
+                .with_context(|| format!("list points on {}", f.from))?;
             if f.json {
                 output::json(&serde_json::to_value(&points).context("encode point list")?);
             } else if points.is_empty() {
-                println!("no committed points on {}", f.from);
+                println!(
+                    "no committed points on {}: nothing has been shipped there yet",
+                    f.from
+                );
             } else {
                 println!(
                     "{:<6} {:<5} {:<20} {:>12} {:>10} {:>9} {:>12}",
@@ -312,6 +322,13 @@ pub fn remote(cmd: RemoteCommand) -> Result<()> {
                     r.points.len(),
                     r.segments_checked,
                     output::bytes(r.bytes_checked)
+                );
+            }
+            if r.points.is_empty() && r.problems.is_empty() {
+                bail!(
+                    "nothing has been shipped to {}: it holds no committed points to verify; check the URL, or ship first with `snapblk ship -n ID --to {} --once`",
+                    f.from,
+                    f.from
                 );
             }
             if !r.ok() {

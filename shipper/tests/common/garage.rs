@@ -143,6 +143,7 @@ impl Garage {
                 attempts: 4,
                 initial: Duration::from_millis(100),
                 max_delay: Duration::from_millis(500),
+                give_up_after: Duration::from_secs(60),
             },
         }
     }
