@@ -246,7 +246,9 @@ pub struct CreateArgs {
     /// Open backing and store with O_DIRECT.
     #[arg(long)]
     pub direct_io: bool,
-    /// Cap on the store's size; writes needing room beyond it fail with ENOSPC.
+    /// Cap on the store's size; writes needing room beyond it fail with ENOSPC. The cap is
+    /// recorded in the store, so later opens (offline commands too) keep to it; giving it
+    /// again replaces it.
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub max_store: Option<u64>,
     /// Bind a moved or copied store to this backing file
@@ -428,7 +430,9 @@ pub struct ShipArgs {
     /// Time between points of continuous shipping (e.g. 30s, 5m).
     #[arg(long, value_parser = parse_duration, value_name = "DUR", conflicts_with_all = ["once", "pause", "stop"])]
     pub interval: Option<std::time::Duration>,
-    /// Ship one point and exit 0 only once it is committed.
+    /// Ship one point and exit 0 only once it is committed. Offline (`--backing`), when nothing
+    /// changed since the last committed point (which already holds the image), it commits
+    /// none and exits 0.
     #[arg(long)]
     pub once: bool,
     /// Pause continuous shipping to URL.
