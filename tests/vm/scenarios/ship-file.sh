@@ -81,7 +81,7 @@ continuous() {
 step "continuous --interval 2s: status shows running, lag and committed points" continuous
 step "--pause shows paused" bash -c "'$S' ship -n $ID --to '$URL' --pause && '$S' status -n $ID | grep -E '^ship .* paused'"
 step "--resume shows running" bash -c "'$S' ship -n $ID --to '$URL' --resume && '$S' status -n $ID | grep -E '^ship .* running'"
-step "--stop removes the schedule" bash -c "'$S' ship -n $ID --to '$URL' --stop && ! '$S' status -n $ID | grep -E '^ship '"
+step "--stop removes the schedule" bash -c "'$S' ship -n $ID --to '$URL' --stop && ! '$S' status -n $ID | grep -E '^ship +[a-z0-9]+://'"
 step "--once while stopped works (nothing running)" ship_once 3
 step "remote verify: every point restorable" "$S" remote verify --from "$URL"
 
@@ -125,7 +125,7 @@ schedule_survives() {
     "$S" status -n "$ID" | grep -Eq "^ship +$URL2 paused" || { echo "paused schedule not resumed as paused"; return 1; }
     "$S" ship -n "$ID" --to "$URL2" --stop || return 1
     kill_recover || return 1
-    ! "$S" status -n "$ID" | grep -E '^ship '
+    ! "$S" status -n "$ID" | grep -E '^ship +[a-z0-9]+://'
 }
 step "a continuous schedule survives SIGKILL + recover (running keeps shipping, paused stays paused, stopped stays gone)" schedule_survives
 step "remote verify of the resumed schedule's points" "$S" remote verify --from "$URL2"
