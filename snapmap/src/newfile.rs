@@ -24,6 +24,14 @@ pub struct NewFile {
     temp: Option<PathBuf>,
 }
 
+/// The directory `path` will appear in.
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
@@ -43,10 +51,7 @@ impl NewFile {
                 format!("{} already exists", path.display()),
             ));
         }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = dir_of(path);
         let opened = if unnamed {
             OpenOptions::new()
                 .read(true)
@@ -165,11 +170,7 @@ impl NewFile {
                 res?;
             }
         }
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        File::open(dir)?.sync_all()
+        File::open(dir_of(&self.path))?.sync_all()
     }
 }
 

@@ -77,6 +77,13 @@ fn open(o: &[u8], s: &[u8]) -> Result<Engine, Error> {
     Engine::open(od, sd, &opts())
 }
 
+/// Opening must fail as corrupt, saying `says`.
+fn refused_as_corrupt(opened: Result<Engine, Error>, says: &str) {
+    let err = opened.err().expect("a damaged store was opened");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(says), "{err}");
+}
+
 fn assert_intact(e: &Engine, f: &Fixture) {
     let mut buf = vec![0u8; BLOCKS * BS];
     e.read_snapshot("a", 0, &mut buf).unwrap();
@@ -123,14 +130,7 @@ fn both_superblock_copies_damaged_is_refused_precisely() {
     let mut s = f.store.clone();
     s[100] ^= 1;
     s[BS + 100] ^= 1;
-    let err = open(&f.origin, &s)
-        .err()
-        .expect("opened without a superblock");
-    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    assert!(
-        err.to_string().contains("no valid superblock copy"),
-        "{err}"
-    );
+    refused_as_corrupt(open(&f.origin, &s), "no valid superblock copy");
 }
 
 #[test]
@@ -303,11 +303,7 @@ fn a_sealed_journal_preserve_into_a_live_slot_is_refused() {
             *crc = crc32fast::hash(&store[at..at + BS]);
         }
     });
-    let err = open(&f.origin, &s)
-        .err()
-        .expect("opened a journal that hands a live slot out twice");
-    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("already in use"), "{err}");
+    refused_as_corrupt(open(&f.origin, &s), "already in use");
 }
 
 #[test]
@@ -318,14 +314,7 @@ fn a_sealed_journal_preserve_past_the_origin_is_refused() {
             *block = BLOCKS as u32 + 5;
         }
     });
-    let err = open(&f.origin, &s)
-        .err()
-        .expect("opened a journal that preserves a block past the origin");
-    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    assert!(
-        err.to_string().contains("past the origin's 32 blocks"),
-        "{err}"
-    );
+    refused_as_corrupt(open(&f.origin, &s), "past the origin's 32 blocks");
 }
 
 #[test]
@@ -349,16 +338,9 @@ fn a_forged_checkpoint_length_on_a_huge_store_is_refused_before_anything_is_read
     drop(file);
     let (od, _) = devs(&f.origin, &f.store);
     let sd: Arc<dyn BlockDev> = Arc::new(snapmap::FileDev::open(&path, false, true).unwrap());
-    let err = Engine::open(
-        od,
-        sd,
-        &OpenOptions {
-            read_only: true,
-            ..opts()
-        },
-    )
-    .err()
-    .expect("opened a store whose checkpoint spans a terabyte");
-    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("impossible checkpoint"), "{err}");
+    let ro = OpenOptions {
+        read_only: true,
+        ..opts()
+    };
+    refused_as_corrupt(Engine::open(od, sd, &ro), "impossible checkpoint");
 }

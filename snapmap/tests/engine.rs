@@ -872,15 +872,21 @@ fn while_held<B: Send, W: Send>(
     })
 }
 
-#[test]
-fn reads_and_plain_writes_go_on_while_a_checkpoint_syncs() {
+/// An engine on a [`Held`] store with snapshot "a" and blocks `0..first` preserved in it.
+fn held_engine(first: u64) -> (Arc<Held>, std::sync::mpsc::Receiver<()>, Engine) {
     let (origin, inner) = mem(256);
     let (store, entered) = Held::new(inner);
     let e = Engine::format(origin, store.clone(), &OpenOptions::default()).unwrap();
     e.create_snapshot("a").unwrap();
-    for b in 0..128u64 {
+    for b in 0..first {
         e.write(b * BS as u64, &block(7)).unwrap();
     }
+    (store, entered, e)
+}
+
+#[test]
+fn reads_and_plain_writes_go_on_while_a_checkpoint_syncs() {
+    let (store, entered, e) = held_engine(128);
     // Blocks already preserved in the newest delta need no commit, and reads need none
     // either: both must finish while the checkpoint is inside its I/O.
     let (cp, (r, snaps)) = while_held(
@@ -907,13 +913,7 @@ fn reads_and_plain_writes_go_on_while_a_checkpoint_syncs() {
 
 #[test]
 fn a_check_reading_the_store_stalls_no_write() {
-    let (origin, inner) = mem(256);
-    let (store, entered) = Held::new(inner);
-    let e = Engine::format(origin, store.clone(), &OpenOptions::default()).unwrap();
-    e.create_snapshot("a").unwrap();
-    for b in 0..64u64 {
-        e.write(b * BS as u64, &block(7)).unwrap();
-    }
+    let (store, entered, e) = held_engine(64);
     // While the check reads preserved blocks, a first write (a preserve and its commit) and
     // a plain write both complete.
     let (rep, w) = while_held(
