@@ -184,13 +184,9 @@ impl Session {
         })
     }
 
-    /// Opens the engine on the files; refuses while a daemon serves them.
-    pub fn offline(backing: &Path, store: Option<&Path>, access: Access) -> Result<Session> {
-        Session::offline_adopting(backing, store, access, false)
-    }
-
-    /// [`Session::offline`]; with `adopt`, a store whose recorded backing path and inode
-    /// differ from `backing`'s (the pair was moved or copied) is bound to `backing` first.
+    /// Opens the engine on the files; refuses while a daemon serves them. With `adopt`,
+    /// a store whose recorded backing path and inode differ from `backing`'s (the pair
+    /// was moved or copied) is bound to `backing`.
     pub fn offline_adopting(
         backing: &Path,
         store: Option<&Path>,

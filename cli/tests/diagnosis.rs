@@ -118,6 +118,30 @@ fn a_volume_copied_elsewhere_opens_with_adopt_and_keeps_its_snapshots() {
     assert!(out.contains("undo with"), "{out}");
     assert!(std::fs::read(&b3).unwrap() == pattern(1, BS * BLOCKS));
 
+    // ship checks its flags before the store is touched, then adopts in its one open.
+    let again = v.p("fourth");
+    std::fs::create_dir(&again).unwrap();
+    let (b4, s4) = (again.join("disk.img"), again.join("disk.img.snapstore"));
+    std::fs::copy(&v.backing, &b4).unwrap();
+    std::fs::copy(&v.store, &s4).unwrap();
+    let before = std::fs::read(&s4).unwrap();
+    let url = format!("file://{}", v.s("remote-adopt"));
+    fails_with(
+        &on(&v, &["ship", "--to", &url, "--adopt"], &b4, &s4),
+        "add --once",
+    );
+    assert!(
+        std::fs::read(&s4).unwrap() == before,
+        "a refused ship changed the store"
+    );
+    let out = ok(&on(
+        &v,
+        &["ship", "--to", &url, "--once", "--adopt"],
+        &b4,
+        &s4,
+    ));
+    assert!(out.contains("committed point"), "{out}");
+
     // --adopt documents when it is safe.
     let help = ok(&v.run(&["snapshot", "list", "--help"]));
     assert!(

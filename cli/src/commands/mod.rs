@@ -22,20 +22,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Export(a) => snapshot::export(a),
         Command::Diff(a) => snapshot::diff(a),
         Command::Check(a) => snapshot::check(a),
-        Command::Ship(a) => {
-            if let (true, Some(backing)) = (a.target.adopt, &a.target.backing) {
-                // The offline ship opens the store itself; bind a moved store to its
-                // backing first, so that open finds them matching.
-                crate::session::Session::offline_adopting(
-                    backing,
-                    a.target.store.as_deref(),
-                    crate::session::Access::ReadOnly,
-                    true,
-                )?
-                .close()?;
-            }
-            ship::ship(a)
-        }
+        Command::Ship(a) => ship::ship(a),
         Command::Receive(a) => ship::receive(a),
         Command::Remote(c) => ship::remote(c),
         Command::Completions(a) => {

@@ -181,7 +181,10 @@ fn ship_offline(backing: &Path, store: Option<&Path>, url: &str, a: &ShipArgs) -
     tracing::debug!(%url, "ship: opening the target");
     let target =
         shipper::target_from_url(url, &creds).with_context(|| format!("open ship target {url}"))?;
-    let Session::Offline { engine } = Session::offline(backing, store, Access::ReadWrite)? else {
+    // One read-write open; with --adopt it also binds a moved store to `backing`.
+    let Session::Offline { engine } =
+        Session::offline_adopting(backing, store, Access::ReadWrite, a.target.adopt)?
+    else {
         bail!("internal: offline session expected");
     };
     let mut opts = ShipOptions::new(ship_state_path(&store_path, url));
