@@ -30,23 +30,16 @@ pub fn code(e: &anyhow::Error) -> u8 {
 /// the target's `Engine`, thiserror's usual `"{what}: {source}"`) also hand that source
 /// on as the next cause, so printing the whole chain (anyhow's `{:#}`) says it twice
 /// ("Is a directory (os error 21): Is a directory (os error 21)"). A cause whose text
-/// the message above it already contains adds nothing and is left out. Engine errors
-/// are worded by [`ublk_target::engine_message`], which knows the command-line flags.
+/// the message above it already contains adds nothing and is left out.
 pub fn message(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
-    // Everything the cause above said, in its own words and in the engine's.
     let mut above = String::new();
     for cause in e.chain() {
-        let raw = cause.to_string();
-        let shown = match cause.downcast_ref::<snapmap::Error>() {
-            Some(se) => ublk_target::engine_message(se),
-            None => raw.clone(),
-        };
-        let said = raw.is_empty() || above.contains(&raw) || above.contains(&shown);
-        if !said {
-            parts.push(shown.clone());
+        let text = cause.to_string();
+        if !text.is_empty() && !above.contains(&text) {
+            parts.push(text.clone());
         }
-        above = format!("{raw}\n{shown}");
+        above = text;
     }
     parts.join(": ")
 }
@@ -73,12 +66,5 @@ mod tests {
             .context("outer")
             .unwrap_err();
         assert_eq!(message(&e), "outer: inner");
-    }
-
-    #[test]
-    fn engine_errors_get_the_command_line_wording() {
-        let e = anyhow::Error::new(snapmap::Error::NotAStore { store: "/x".into() });
-        let m = message(&e);
-        assert!(m.contains("left untouched") && !m.contains("remove"), "{m}");
     }
 }

@@ -15,7 +15,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The store has no room for another preserved block.
-    #[error("store {store} is full ({used_bytes} of {capacity_bytes} bytes used): delete snapshots (`snapblk snapshot delete`) or give the store more room; the write was refused and every snapshot is intact")]
+    #[error("store {store} is full ({used_bytes} of {capacity_bytes} bytes used): make room by deleting a snapshot (`snapblk snapshot list` shows what each holds, `snapblk snapshot delete NAME` frees it) or a ship point (`snapblk status` lists them), or give the store more room (a larger --max-store when creating the device, or free space on the store's filesystem); the write was refused and every snapshot is intact")]
     StoreFull {
         /// The store's name (path).
         store: String,
@@ -25,7 +25,7 @@ pub enum Error {
         capacity_bytes: u64,
     },
     /// The store was formatted for a different origin.
-    #[error("store {store} belongs to backing {expected}, not {found}: pass the store that belongs to {found}, or, if the pair was moved or copied together, open it with the adopt option to bind it to {found}")]
+    #[error("store {store} belongs to backing {expected}, not {found}: if you moved or copied the pair together (and {found} was not written since without the daemon), pass --adopt to bind the store to {found}; otherwise pass the store that belongs to {found}")]
     WrongOrigin {
         /// The store's name.
         store: String,
@@ -35,7 +35,7 @@ pub enum Error {
         found: String,
     },
     /// The file holds no snapblk superblock.
-    #[error("{store} is not a snapblk store (no valid superblock) and was left untouched: open the store that belongs to this origin, or format a new store at a path that does not exist yet")]
+    #[error("{store} is not a snapblk store (no valid superblock) and was left untouched: point --store at the store of this backing file, or give `snapblk create` a --store path that does not exist yet to start a new store")]
     NotAStore {
         /// The file's name.
         store: String,
@@ -90,7 +90,7 @@ pub enum Error {
         size: u64,
     },
     /// Another process (or another open in this one) already has the file.
-    #[error("{what} {path} is in use by {holder}: stop that first — `snapblk list` shows running devices, and while a device runs, use its own commands with -n ID")]
+    #[error("{what} {path} is in use by {holder}: stop that first; `snapblk list` shows running devices, and while a device runs, use its own commands with -n ID instead of --backing (`snapblk snapshot create NAME -n ID`, `snapblk restore NAME -n ID`, `snapblk status -n ID`)")]
     InUse {
         /// "store" or "backing".
         what: &'static str,

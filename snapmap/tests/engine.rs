@@ -231,7 +231,10 @@ fn a_full_store_refuses_the_write_keeps_every_snapshot_and_says_so() {
     }
     let (at, err) = refused.expect("the store must fill up");
     assert!(err.is_store_full(), "{err}");
-    assert!(err.to_string().contains("delete snapshots"), "{err}");
+    assert!(
+        err.to_string().contains("snapblk snapshot delete NAME"),
+        "{err}"
+    );
     assert_eq!(err.errno(), libc_enospc());
     assert!(e.status().store_full);
     // The refused block still holds its old data, and the snapshot is whole.

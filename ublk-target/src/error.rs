@@ -58,7 +58,7 @@ pub enum Error {
         source: libublk::UblkError,
     },
     /// The engine refused or failed an operation.
-    #[error("{what}: {}", engine_message(.source))]
+    #[error("{what}: {source}")]
     Engine {
         /// What was being done, naming the object.
         what: String,
@@ -92,42 +92,6 @@ pub enum Error {
         /// How long.
         secs: u64,
     },
-}
-
-/// What a user is told about an engine error.
-///
-/// The engine's own messages are written without knowing which command, flags or
-/// daemon the user has; a few of them would send the user the wrong way (a flag that
-/// does not exist, advice to remove a file that may hold data, a dead end where a flag
-/// would help), so they are said again here, where the command line is known. Every
-/// other error keeps the engine's text.
-pub fn engine_message(e: &snapmap::Error) -> String {
-    use snapmap::Error as E;
-    match e {
-        E::WrongOrigin {
-            store,
-            expected,
-            found,
-        } => format!(
-            "store {store} belongs to backing {expected}, not {found}: if you moved or copied the pair together (and {found} was not written since without the daemon), pass --adopt to bind the store to {found}; otherwise pass the store that belongs to {found}"
-        ),
-        // The file may be the backing image, another program's data or a store of
-        // another volume: never suggest deleting it.
-        E::NotAStore { store } => format!(
-            "{store} is not a snapblk store (no valid superblock) and was left untouched: point --store at the store of this backing file, or give `snapblk create` a --store path that does not exist yet to start a new store"
-        ),
-        E::InUse { what, path, holder } => format!(
-            "{what} {path} is in use by {holder}: stop that first; `snapblk list` shows running devices, and while a device runs, use its own commands with -n ID instead of --backing (`snapblk snapshot create NAME -n ID`, `snapblk restore NAME -n ID`, `snapblk status -n ID`)"
-        ),
-        E::StoreFull {
-            store,
-            used_bytes,
-            capacity_bytes,
-        } => format!(
-            "store {store} is full ({used_bytes} of {capacity_bytes} bytes used): make room by deleting a snapshot (`snapblk snapshot list` shows what each holds, `snapblk snapshot delete NAME` frees it) or a ship point (`snapblk status` lists them), or give the store more room (a larger --max-store when creating the device, or free space on the store's filesystem); the write was refused and every snapshot is intact"
-        ),
-        _ => e.to_string(),
-    }
 }
 
 impl Error {

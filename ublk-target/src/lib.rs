@@ -28,5 +28,5 @@ pub mod ship;
 pub mod spec;
 pub mod worker;
 
-pub use error::{engine_message, Error};
+pub use error::Error;
 pub use spec::DeviceSpec;

@@ -3,7 +3,6 @@
 //! verb prints the same whether a daemon runs or not.
 
 use super::Request;
-use crate::engine_message;
 use serde_json::{json, Value};
 use snapmap::Engine;
 use std::time::Instant;
@@ -25,18 +24,18 @@ pub fn engine_request(
         Request::Status => to_json(&e.status()),
         Request::SnapshotCreate { name } => e
             .create_snapshot(name)
-            .map_err(|err| format!("create snapshot {name}: {}", engine_message(&err)))
+            .map_err(|err| format!("create snapshot {name}: {err}"))
             .and_then(|info| to_json(&info)),
         Request::SnapshotList => to_json(&e.snapshots()),
         Request::SnapshotDelete { name } => e
             .delete_snapshot(name)
             .map(|_| json!({ "deleted": name }))
-            .map_err(|err| format!("delete snapshot {name}: {}", engine_message(&err))),
+            .map_err(|err| format!("delete snapshot {name}: {err}")),
         Request::Restore { name } => {
             let started = Instant::now();
             let report = e
                 .restore(name, progress)
-                .map_err(|err| format!("restore snapshot {name}: {}", engine_message(&err)))?;
+                .map_err(|err| format!("restore snapshot {name}: {err}"))?;
             Ok(json!({
                 "restored": name,
                 "secs": started.elapsed().as_secs_f64(),
@@ -46,21 +45,13 @@ pub fn engine_request(
         Request::Export { name, to } => {
             e.export(name, to, &|done, total| progress(done, total))
                 .map_err(|err| {
-                    format!(
-                        "export snapshot {name} to {}: {}",
-                        to.display(),
-                        engine_message(&err)
-                    )
+                    format!("export snapshot {name} to {}: {err}", to.display())
                 })?;
             Ok(json!({ "exported": name, "to": to }))
         }
         Request::Diff { from, to } => {
             let ranges = e.diff(from, to.as_deref()).map_err(|err| {
-                format!(
-                    "diff {from} {}: {}",
-                    to.as_deref().unwrap_or("(live)"),
-                    engine_message(&err)
-                )
+                format!("diff {from} {}: {err}", to.as_deref().unwrap_or("(live)"))
             })?;
             let changed: u64 = ranges.iter().map(|r| r.len).sum();
             Ok(json!({
@@ -73,7 +64,7 @@ pub fn engine_request(
         }
         Request::Check => e
             .check()
-            .map_err(|err| format!("check store: {}", engine_message(&err)))
+            .map_err(|err| format!("check store: {err}"))
             .and_then(|r| {
                 let ok = r.ok();
                 let mut v = to_json(&r)?;
