@@ -6,7 +6,6 @@ use crate::target::{publish, Target};
 use roaring::RoaringBitmap;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::str::FromStr;
@@ -349,18 +348,8 @@ fn open_device(path: &Path, volume_size: u64, seq: u64) -> Result<File> {
             ),
             _ => Error::io(path, "open the block device", e),
         })?;
-    // _IOR(0x12, 114, u64): the device's size in bytes.
-    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-    let mut size: u64 = 0;
-    // SAFETY: BLKGETSIZE64 writes one u64 to the pointer we pass, which outlives the call.
-    let r = unsafe { libc::ioctl(dev.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
-    if r != 0 {
-        return Err(Error::io(
-            path,
-            "read the block device's size",
-            std::io::Error::last_os_error(),
-        ));
-    }
+    let size = snapmap::io::block_device_size(&dev)
+        .map_err(|e| Error::io(path, "read the block device's size", e))?;
     if size < volume_size {
         return Err(output(format!(
             "the device holds {size} bytes, less than the {volume_size} bytes of point {seq}'s volume; restore to a device of at least {volume_size} bytes or to a new image file"

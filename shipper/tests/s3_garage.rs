@@ -162,18 +162,18 @@ fn s3_wrong_credentials_and_region_are_clear_auth_errors() {
         ..bad_secret
     };
     let t = target_from_url(&format!("s3://{BUCKET}/x"), &bad_secret).unwrap();
-    let started = std::time::Instant::now();
     let e = ship_once(&src, t.as_ref(), &opts).unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "an auth failure was retried"
-    );
     let msg = e.to_string();
     assert!(
         matches!(&e, shipper::Error::Target(te) if te.kind == TargetErrorKind::Auth),
         "{msg}"
     );
     eprintln!("wrong secret -> {msg}");
+    // A retried failure says how many attempts it took; a refused key takes one.
+    assert!(
+        !msg.contains("gave up after"),
+        "an auth failure was retried: {msg}"
+    );
     assert!(
         msg.contains("AWS_SECRET_ACCESS_KEY") && !msg.contains(&"0".repeat(64)),
         "{msg}"

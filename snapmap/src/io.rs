@@ -161,6 +161,19 @@ impl DerefMut for AlignedBuf {
     }
 }
 
+/// The size in bytes of the block device open as `f` (a file's length is not its size).
+pub fn block_device_size(f: &File) -> io::Result<u64> {
+    // _IOR(0x12, 114, u64)
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 to the pointer we pass, which outlives the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
 fn is_aligned(buf: &[u8], off: u64) -> bool {
     (buf.as_ptr() as usize).is_multiple_of(IO_ALIGN)
         && buf.len().is_multiple_of(512)
@@ -432,16 +445,7 @@ impl BlockDev for FileDev {
 
     fn len(&self) -> io::Result<u64> {
         if self.block_device {
-            let mut size: u64 = 0;
-            // BLKGETSIZE64
-            const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-            use std::os::fd::AsRawFd;
-            // SAFETY: BLKGETSIZE64 writes one u64 to the pointer we pass.
-            let r = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKGETSIZE64, &mut size) };
-            if r != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            return Ok(size);
+            return block_device_size(&self.file);
         }
         Ok(self.file.metadata()?.len())
     }
