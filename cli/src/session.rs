@@ -134,17 +134,31 @@ pub fn check_store(backing: &Path, store: &Path, creating: bool) -> Result<()> {
     Ok(())
 }
 
-/// Binds a store that was moved or copied together with its backing file to the
-/// backing's new path (`--adopt` on a verb that only reads): one read-write open with
-/// the engine's adopt option records the new identity, so later commands need no flag.
-fn bind_to_backing(backing: &Path, store: &Path) -> Result<()> {
-    tracing::debug!(backing = %backing.display(), store = %store.display(), "binding the store to this backing file (--adopt)");
+/// Opens the engine on `backing` and `store` (both absolute, already checked); with
+/// `adopt` and read-write, a store recorded for another backing path and inode is
+/// bound to `backing` by this open.
+fn open_engine(
+    backing: &Path,
+    store: &Path,
+    read_only: bool,
+    adopt: bool,
+) -> snapmap::Result<Engine> {
     let opts = OpenOptions {
         create: false,
-        adopt_origin: true,
+        read_only,
+        adopt_origin: adopt && !read_only,
         ..OpenOptions::default()
     };
-    let engine = Engine::open_files(backing, store, &opts).with_context(|| {
+    Engine::open_files(backing, store, &opts)
+}
+
+/// Binds a store that was moved or copied together with its backing file to the
+/// backing's new path (`--adopt` on a verb that only reads, whose read-only open found
+/// the store recorded for another file): one read-write open with the engine's adopt
+/// option records the new identity, so later commands need no flag.
+fn bind_to_backing(backing: &Path, store: &Path) -> Result<()> {
+    tracing::debug!(backing = %backing.display(), store = %store.display(), "binding the store to this backing file (--adopt)");
+    let engine = open_engine(backing, store, false, true).with_context(|| {
         format!(
             "bind store {} to backing file {} (--adopt)",
             store.display(),
@@ -220,19 +234,18 @@ impl Session {
             );
         }
         let read_only = access == Access::ReadOnly;
-        if adopt && read_only {
-            // A read-only open cannot record the new path; bind first, then read.
-            bind_to_backing(&backing, &store)?;
-        }
         tracing::debug!(backing = %backing.display(), store = %store.display(), ?access, adopt, "opening the store offline");
-        let opts = OpenOptions {
-            create: false,
-            read_only,
-            // A read-write open records the new identity itself.
-            adopt_origin: adopt && !read_only,
-            ..OpenOptions::default()
-        };
-        let engine = Engine::open_files(&backing, &store, &opts).with_context(|| {
+        // A read-write open records a new identity itself. A read-only one cannot: only
+        // when the store really is recorded for another file does --adopt bind it (one
+        // read-write open), so a store that already matches is never written.
+        let engine = match open_engine(&backing, &store, read_only, adopt) {
+            Err(snapmap::Error::WrongOrigin { .. }) if adopt && read_only => {
+                bind_to_backing(&backing, &store)?;
+                open_engine(&backing, &store, read_only, adopt)
+            }
+            r => r,
+        }
+        .with_context(|| {
             format!(
                 "open store {} for backing file {}",
                 store.display(),

@@ -333,6 +333,11 @@ fn status_and_check_report_damage_that_opening_worked_around() {
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["repaired"][0], note, "{j}");
     assert_eq!(j["ok"], true, "{j}");
+    // --adopt on a store that already matches its backing writes nothing: the damage
+    // stays reported instead of being silently rewritten.
+    ok(&v.run_offline(&["status", "--adopt"]));
+    let o = v.run_offline(&["check", "--adopt"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
 
     // --repair rewrites the copy; afterwards the store is clean.
     let out = ok(&v.run_offline(&["check", "--repair"]));
