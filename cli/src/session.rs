@@ -34,6 +34,8 @@ pub enum Session {
     Offline {
         /// The engine.
         engine: Box<Engine>,
+        /// Whether it was opened read-only (nothing it worked around was rewritten).
+        read_only: bool,
     },
 }
 
@@ -255,6 +257,7 @@ impl Session {
         tracing::debug!(store = %store.display(), "store open");
         Ok(Session::Offline {
             engine: Box::new(engine),
+            read_only,
         })
     }
 
@@ -263,6 +266,15 @@ impl Session {
         match self {
             Session::Online { id, .. } => Some(*id),
             Session::Offline { .. } => None,
+        }
+    }
+
+    /// Whether this process opened the engine read-only, so damage its open worked
+    /// around is still on disk; false online (the daemon opened it read-write).
+    pub fn opened_read_only(&self) -> bool {
+        match self {
+            Session::Online { .. } => false,
+            Session::Offline { read_only, .. } => *read_only,
         }
     }
 
@@ -275,7 +287,7 @@ impl Session {
         req.validate().map_err(|e| anyhow!(e))?;
         match self {
             Session::Online { client, .. } => Ok(client.call(&req, progress)?),
-            Session::Offline { engine } => {
+            Session::Offline { engine, .. } => {
                 let p = Mutex::new(progress);
                 let report = |d: u64, t: u64| {
                     let mut g = p.lock().unwrap_or_else(|e| e.into_inner());
@@ -290,7 +302,7 @@ impl Session {
     pub fn close(self) -> Result<()> {
         match self {
             Session::Online { .. } => Ok(()),
-            Session::Offline { engine } => {
+            Session::Offline { engine, .. } => {
                 tracing::debug!("closing the store (checkpoint)");
                 engine.close().context("close the store (checkpoint)")
             }

@@ -333,6 +333,7 @@ fn status_and_check_report_damage_that_opening_worked_around() {
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["repaired"][0], note, "{j}");
     assert_eq!(j["ok"], true, "{j}");
+    assert_eq!(j["repair_pending"], true, "{j}");
     // --adopt on a store that already matches its backing writes nothing: the damage
     // stays reported instead of being silently rewritten.
     ok(&v.run_offline(&["status", "--adopt"]));

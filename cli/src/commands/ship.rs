@@ -182,7 +182,7 @@ fn ship_offline(backing: &Path, store: Option<&Path>, url: &str, a: &ShipArgs) -
     let target =
         shipper::target_from_url(url, &creds).with_context(|| format!("open ship target {url}"))?;
     // One read-write open; with --adopt it also binds a moved store to `backing`.
-    let Session::Offline { engine } =
+    let Session::Offline { engine, .. } =
         Session::offline_adopting(backing, store, Access::ReadWrite, a.target.adopt)?
     else {
         bail!("internal: offline session expected");

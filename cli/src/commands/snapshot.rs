@@ -224,8 +224,10 @@ pub fn check(a: CheckArgs) -> Result<()> {
         Access::ReadOnly
     };
     let s = Session::open(&a.target, access)?;
-    let online = s.id().is_some();
-    let v = s.request(Request::Check, &mut no_progress())?;
+    // Still damaged on disk only when the store was opened read-only; a daemon (online)
+    // and --repair opened it read-write, which rewrote the copy.
+    let read_only = s.opened_read_only();
+    let mut v = s.request(Request::Check, &mut no_progress())?;
     s.close()?;
     let strings = |k: &str| -> Vec<String> {
         v.get(k)
@@ -239,10 +241,9 @@ pub fn check(a: CheckArgs) -> Result<()> {
     };
     let problems = strings("problems");
     let repaired = strings("repaired");
-    // Still damaged on disk only when this process opened the store read-only; a
-    // daemon (online) and --repair opened it read-write, which rewrote the copy.
-    let pending = !repaired.is_empty() && !online && !a.repair;
+    let pending = !repaired.is_empty() && read_only;
     if a.json {
+        v["repair_pending"] = pending.into();
         output::json(&v);
     } else {
         let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
