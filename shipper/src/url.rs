@@ -32,6 +32,28 @@ pub enum TargetUrl {
     Peer(String),
 }
 
+/// The canonical spelling: every URL naming the same target prints the same, so that ship
+/// state, ship points and a daemon's schedules, all keyed by the URL, are found again
+/// whichever spelling the user typed (`file://localhost/d`, `%XX` escapes, a trailing `/`).
+/// It parses back to the same target.
+impl std::fmt::Display for TargetUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetUrl::File(dir) => {
+                let dir = match dir.trim_end_matches('/') {
+                    "" => "/",
+                    d => d,
+                };
+                // '%' is the one character the parser would read differently.
+                write!(f, "file://{}", dir.replace('%', "%25"))
+            }
+            TargetUrl::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            TargetUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            TargetUrl::Peer(hp) => write!(f, "peer://{hp}"),
+        }
+    }
+}
+
 impl TargetUrl {
     /// Parses `url`; errors say which form was expected.
     pub fn parse(url: &str) -> Result<TargetUrl> {
@@ -188,6 +210,22 @@ impl dyn Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spellings_of_one_target_print_the_same_and_parse_back() {
+        for (a, b) in [
+            ("file:///srv/b", "file://localhost/srv/b"),
+            ("file:///srv/b", "file:///srv/%62/"),
+            ("s3://bkt/p/q", "s3://bkt//p/q/"),
+            ("peer://h:7070", "peer://h:7070/"),
+        ] {
+            let (x, y) = (TargetUrl::parse(a).unwrap(), TargetUrl::parse(b).unwrap());
+            assert_eq!(x.to_string(), y.to_string(), "{a} vs {b}");
+            assert_eq!(TargetUrl::parse(&x.to_string()).unwrap(), x);
+        }
+        let odd = TargetUrl::parse("file:///a%2541").unwrap();
+        assert_eq!(TargetUrl::parse(&odd.to_string()).unwrap(), odd);
+    }
 
     #[test]
     fn parses_the_three_forms() {

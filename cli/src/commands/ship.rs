@@ -34,12 +34,14 @@ fn credentials(c: &CredArgs) -> Result<Credentials> {
     Ok(creds)
 }
 
-/// Checks `url` before anything else happens. A `file://` URL must be absolute (the parser
+/// Checks `url` before anything else happens and returns its canonical spelling, the key of
+/// the target's ship state and schedule. A `file://` URL must be absolute (the parser
 /// refuses `file://relative`), so the daemon (another process, another working directory)
 /// and later commands name the same place.
 fn normalize_url(url: &str) -> Result<String> {
-    TargetUrl::parse(url).with_context(|| format!("target URL {url}"))?;
-    Ok(url.to_string())
+    Ok(TargetUrl::parse(url)
+        .with_context(|| format!("target URL {url}"))?
+        .to_string())
 }
 
 fn secrets(c: Credentials) -> ShipSecrets {
