@@ -1,5 +1,12 @@
 //! How a failed verb is reported: one line on stderr, and an exit status.
+//!
+//! The libraries say what failed and where; this is the one place that says what to do
+//! about it. [`message`] walks an error's causes and, after each cause whose type or
+//! [`FailureKind`] it knows, adds the advice: the verbs to run and the flags to pass.
+//! A request the daemon ran arrives as a typed [`Failure`] and gets the same advice as
+//! the same error met in this process.
 
+use snapblk_daemon::control::{DaemonOnly, Failure, FailureKind};
 use std::fmt;
 
 /// A failure that asks for an exit status other than the usual 1 (see `check`).
@@ -24,13 +31,15 @@ pub fn code(e: &anyhow::Error) -> u8 {
     e.downcast_ref::<Exit>().map_or(1, |x| x.code)
 }
 
-/// The one line shown for `e`: its chain of causes joined by ": ".
+/// The one line shown for `e`: its chain of causes joined by ": ", each followed by
+/// the advice for it.
 ///
 /// Error types that print their source inside their own message (the engine's `Io`,
-/// the target's `Engine`, thiserror's usual `"{what}: {source}"`) also hand that source
+/// the daemon's `Engine`, thiserror's usual `"{what}: {source}"`) also hand that source
 /// on as the next cause, so printing the whole chain (anyhow's `{:#}`) says it twice
 /// ("Is a directory (os error 21): Is a directory (os error 21)"). A cause whose text
-/// the message above it already contains adds nothing and is left out.
+/// the message above it already contains adds nothing and is left out; its advice goes
+/// right after its text inside the message that contains it.
 pub fn message(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut above = String::new();
@@ -39,9 +48,107 @@ pub fn message(e: &anyhow::Error) -> String {
         if !text.is_empty() && !above.contains(&text) {
             parts.push(text.clone());
         }
+        if let Some(advice) = advice_for(cause) {
+            if let Some(part) = parts.iter_mut().rev().find(|p| p.contains(&text)) {
+                if let Some(at) = part.find(&text) {
+                    part.insert_str(at + text.len(), &advice);
+                }
+            }
+        }
         above = text;
     }
     parts.join(": ")
+}
+
+/// The advice for one cause, with its leading separator (": " or "; ").
+fn advice_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use snapblk_daemon::Error as D;
+    if let Some(e) = cause.downcast_ref::<ublk_target::Error>() {
+        return match e {
+            ublk_target::Error::NoKernelModule => Some(": load ublk_drv: modprobe ublk_drv".into()),
+            ublk_target::Error::NotRoot { .. } => Some(": run it as root (sudo)".into()),
+            ublk_target::Error::IdInUse { id } => Some(id_in_use(*id)),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<D>() {
+        return match e {
+            D::NotRoot { .. } => Some(": run it as root (sudo)".into()),
+            D::IdInUse { id } => Some(id_in_use(*id)),
+            D::NoSuchDevice { .. } => Some(": check `snapblk list`".into()),
+            D::DaemonDead { id, .. } => Some(format!(": `snapblk recover -n {id}` reattaches it")),
+            D::DaemonAlive { id, .. } => Some(format!(": `snapblk delete -n {id}` first")),
+            D::Connect { .. } => Some(": is the daemon running? see `snapblk list`".into()),
+            D::Version { .. } => Some(version_advice()),
+            D::Remote(f) => kind_advice(&f.kind),
+            // Engine, Remote and Device errors carry their cause, which gets its own advice.
+            _ => None,
+        };
+    }
+    if let Some(f) = cause.downcast_ref::<Failure>() {
+        return kind_advice(&f.kind);
+    }
+    if let Some(e) = cause.downcast_ref::<snapmap::Error>() {
+        return engine_advice(e);
+    }
+    None
+}
+
+fn id_in_use(id: u32) -> String {
+    format!(": pick another -n, or `snapblk delete -n {id}` first")
+}
+
+fn version_advice() -> String {
+    ": use the snapblk that started the daemon, or restart the device with this one (`snapblk delete -n ID`, then `snapblk create` with the same files; the data stays on disk)".into()
+}
+
+/// Advice for an engine error met in this process (an offline verb).
+fn engine_advice(e: &snapmap::Error) -> Option<String> {
+    kind_advice(&FailureKind::of_engine(e))
+}
+
+/// Advice for a kind of failure, wherever it happened.
+fn kind_advice(kind: &FailureKind) -> Option<String> {
+    Some(match kind {
+        FailureKind::Version { .. } => version_advice(),
+        FailureKind::NotRoot => ": run snapblk as root".into(),
+        FailureKind::ShuttingDown => "; retry once it is back (`snapblk list`)".into(),
+        FailureKind::NeedsDaemon {
+            what: DaemonOnly::Shutdown,
+        } => ": use `snapblk delete -n ID`".into(),
+        FailureKind::NeedsDaemon {
+            what: DaemonOnly::Ship,
+        } => ": use -n ID, or ship the files once with `snapblk ship --backing PATH --to URL --once`".into(),
+        FailureKind::ShipRunning { url } => format!(
+            ": pause it first (`snapblk ship -n ID --to {url} --pause`) or read its progress with `snapblk status`"
+        ),
+        FailureKind::NoSchedule { url } => {
+            format!("; start it with `snapblk ship -n ID --to {url} --interval DUR`")
+        }
+        FailureKind::StoreFull => ": make room by deleting a snapshot (`snapblk snapshot list` shows what each holds, `snapblk snapshot delete NAME` frees it) or a ship point (`snapblk status` lists them), or give the store more room (a larger --max-store when creating the device, or free space on the store's filesystem)".into(),
+        FailureKind::StoreFailed => ": close and reopen the device (`snapblk recover`) so the log is replayed".into(),
+        FailureKind::NoSuchSnapshot => ": see `snapblk snapshot list`".into(),
+        FailureKind::InUse => "; `snapblk list` shows running devices, and while a device runs, use its own commands with -n ID instead of --backing (`snapblk snapshot create NAME -n ID`, `snapblk restore NAME -n ID`, `snapblk status -n ID`)".into(),
+        FailureKind::Corrupt => ". If it still opens, `snapblk check` lists all the damage; otherwise restore the volume from a copy or a remote (`snapblk remote restore`)".into(),
+        FailureKind::WrongOrigin { found } => format!(
+            ": if you moved or copied the pair together (and {found} was not written since without the daemon), pass --adopt to bind the store to {found}; otherwise pass the store that belongs to {found}"
+        ),
+        FailureKind::NotAStore => ": point --store at the store of this backing file, or give `snapblk create` a --store path that does not exist yet to start a new store".into(),
+        FailureKind::FutureVersion => ": upgrade snapblk".into(),
+        FailureKind::NoBacking { path } => {
+            format!(": create it (e.g. `truncate -s 20G {path}`) or pass --size")
+        }
+        FailureKind::BackingLarger => ": omit --size or give the backing's size".into(),
+        FailureKind::NoStore => ": give the right --store path, or create the device first".into(),
+        FailureKind::TooManyBlocks => ": use a larger --block-size".into(),
+        FailureKind::RestoreAbandoned { pre_restore } => format!(
+            ": `snapblk restore {pre_restore}` puts it back"
+        ),
+        FailureKind::Other
+        | FailureKind::Busy
+        | FailureKind::SnapshotExists
+        | FailureKind::OriginSize => return None,
+    })
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
-//! Text and JSON rendering of replies.
+//! Text and JSON rendering of the daemon's typed answers.
 
-use serde_json::Value;
+use shipper::SchedulerStats;
+use snapblk_daemon::control::answer::{DiffAnswer, StatusAnswer};
+use snapmap::SnapshotInfo;
 
 /// Prints `v` as pretty JSON on stdout.
-pub fn json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+pub fn json<T: serde::Serialize + ?Sized>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(text) => println!("{text}"),
+        // Plain data types always serialize; say so rather than print nothing.
+        Err(e) => eprintln!("snapblk: cannot encode the answer as JSON: {e}"),
+    }
 }
 
 /// `1536` -> `1.5 KiB`.
@@ -48,14 +51,6 @@ pub fn utc(secs: u64) -> String {
     )
 }
 
-fn u(v: &Value, k: &str) -> u64 {
-    v.get(k).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
-}
-
 /// `s` as one shell word: unchanged when it holds only characters no shell treats
 /// specially, else in single quotes (an embedded `'` becomes `'\''`), so a printed
 /// command runs as is when pasted.
@@ -83,27 +78,15 @@ pub fn target_args(id: Option<u64>, backing: &str, store: &str) -> String {
     }
 }
 
-/// The internal ship-point snapshots of an engine status, with the target each one
-/// belongs to when a ship state file next to the store names it.
-fn ship_points(e: &Value) -> Vec<(String, u64, u64, Option<String>)> {
-    let empty = vec![];
-    let pts = e
-        .get("internal_snapshots")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    if pts.is_empty() {
+/// The internal ship-point snapshots of a status, each with the target it belongs to
+/// when a ship state file next to the store names it.
+fn ship_points(st: &StatusAnswer) -> Vec<(&SnapshotInfo, Option<&str>)> {
+    let Some(e) = &st.engine else {
         return Vec::new();
-    }
-    let targets = ublk_target::ship::ship_targets(std::path::Path::new(s(e, "store")));
-    pts.iter()
-        .map(|p| {
-            let name = s(p, "name").to_string();
-            let target = targets
-                .iter()
-                .find(|(prefix, _)| name.starts_with(prefix.as_str()))
-                .map(|(_, t)| t.clone());
-            (name, u(p, "preserved_bytes"), u(p, "created_unix"), target)
-        })
+    };
+    e.internal_snapshots
+        .iter()
+        .map(|p| (p, st.target_of(&p.name)))
         .collect()
 }
 
@@ -111,14 +94,14 @@ fn ship_points(e: &Value) -> Vec<(String, u64, u64, Option<String>)> {
 const RELEASE_SHIP_POINT: &str = "each is kept as the base of its target's next incremental ship; `snapblk snapshot delete NAME` releases one (freeing what no older snapshot needs), and the next ship to that target then sends a full base";
 
 /// The line `snapshot list` ends with when internal ship points hold store space
-/// that the table (user snapshots only) does not show. `e` is the engine status.
-pub fn ship_points_footer(e: &Value) {
-    let pts = ship_points(e);
+/// that the table (user snapshots only) does not show.
+pub fn ship_points_footer(st: &StatusAnswer) {
+    let pts = ship_points(st);
     if pts.is_empty() {
         return;
     }
-    let held: u64 = pts.iter().map(|p| p.1).sum();
-    let names: Vec<&str> = pts.iter().map(|p| p.0.as_str()).collect();
+    let held: u64 = pts.iter().map(|p| p.0.preserved_bytes).sum();
+    let names: Vec<&str> = pts.iter().map(|p| p.0.name.as_str()).collect();
     let one = pts.len() == 1;
     println!(
         "note: {} internal ship point{} ({}) hold{} {} of the store, not listed above (`snapblk status` shows {}); {RELEASE_SHIP_POINT}",
@@ -132,9 +115,7 @@ pub fn ship_points_footer(e: &Value) {
 }
 
 /// The snapshot table.
-pub fn snapshots(list: &Value) {
-    let empty = vec![];
-    let rows = list.as_array().unwrap_or(&empty);
+pub fn snapshots(rows: &[SnapshotInfo]) {
     if rows.is_empty() {
         println!("no snapshots");
         return;
@@ -146,29 +127,27 @@ pub fn snapshots(list: &Value) {
     for r in rows {
         println!(
             "{:<6} {:<32} {:<20} {:>12}",
-            u(r, "id"),
-            s(r, "name"),
-            utc(u(r, "created_unix")),
-            bytes(u(r, "preserved_bytes"))
+            r.id,
+            r.name,
+            utc(r.created_unix),
+            bytes(r.preserved_bytes)
         );
     }
 }
 
-/// A diff reply.
-pub fn diff(v: &Value) {
-    let bs = u(v, "block_size").max(1);
-    let changed = u(v, "changed_blocks");
-    let empty = vec![];
-    let ranges = v.get("ranges").and_then(Value::as_array).unwrap_or(&empty);
+/// A diff answer.
+pub fn diff(v: &DiffAnswer) {
+    let bs = u64::from(v.block_size.max(1));
+    let changed = v.changed_blocks;
     println!(
         "{} -> {}: {changed} changed blocks ({}) in {} ranges, block size {bs}",
-        s(v, "from"),
-        v.get("to").and_then(Value::as_str).unwrap_or("(live)"),
+        v.from,
+        v.to.as_deref().unwrap_or("(live)"),
         bytes(changed * bs),
-        ranges.len()
+        v.ranges.len()
     );
-    for r in ranges {
-        let (start, len) = (u(r, "start"), u(r, "len"));
+    for r in &v.ranges {
+        let (start, len) = (r.start, r.len);
         println!(
             "{start}+{len}\tbytes {}..{}",
             start * bs,
@@ -177,80 +156,76 @@ pub fn diff(v: &Value) {
     }
 }
 
-/// A status reply: `{device, io, engine}` (device and io absent offline).
-pub fn status(v: &Value) {
-    if let Some(d) = v.get("device").filter(|d| !d.is_null()) {
+fn path_or_empty(p: &Option<std::path::PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// A status answer (device and io absent offline, engine absent for a dead daemon).
+pub fn status(v: &StatusAnswer) {
+    if let Some(d) = &v.device {
         println!(
             "device      {} (id {}, {})",
-            s(d, "path"),
-            u(d, "id"),
-            s(d, "state")
+            d.path.display(),
+            d.id,
+            d.state
         );
-        if d.get("pid").is_some() {
-            println!("daemon pid  {}", u(d, "pid"));
+        if let Some(pid) = d.pid {
+            println!("daemon pid  {pid}");
         }
-        println!("backing     {}", s(d, "backing"));
-        println!("store       {}", s(d, "store"));
-        if d.get("nr_queues").is_some() {
-            println!(
-                "queues      {} x depth {}, {} engine workers",
-                u(d, "nr_queues"),
-                u(d, "depth"),
-                u(d, "workers")
-            );
+        println!("backing     {}", path_or_empty(&d.backing));
+        println!("store       {}", path_or_empty(&d.store));
+        if let (Some(q), Some(depth), Some(w)) = (d.nr_queues, d.depth, d.workers) {
+            println!("queues      {q} x depth {depth}, {w} engine workers");
         }
     }
-    if let Some(e) = v.get("engine").filter(|e| !e.is_null()) {
-        if v.get("device").is_none_or(Value::is_null) {
-            println!("backing     {}", s(e, "origin"));
-            println!("store       {}", s(e, "store"));
+    if let Some(e) = &v.engine {
+        if v.device.is_none() {
+            println!("backing     {}", e.origin);
+            println!("store       {}", e.store);
         }
         println!(
             "size        {} (block size {})",
-            bytes(u(e, "size_bytes")),
-            u(e, "block_size")
+            bytes(e.size_bytes),
+            e.block_size
         );
         let cap = e
-            .get("store_capacity_bytes")
-            .and_then(Value::as_u64)
+            .store_capacity_bytes
             .map(|c| format!(" of {}", bytes(c)))
             .unwrap_or_default();
-        let full = if e.get("store_full").and_then(Value::as_bool) == Some(true) {
+        let full = if e.store_full {
             "  STORE FULL: writes needing a preserve fail; delete a snapshot or a ship point, or give the store more room (a larger --max-store, or free space on its filesystem)"
         } else {
             ""
         };
-        println!("store used  {}{cap}{full}", bytes(u(e, "store_used_bytes")));
-        if let Some(f) = e.get("failed").and_then(Value::as_str) {
+        println!("store used  {}{cap}{full}", bytes(e.store_used_bytes));
+        if let Some(f) = &e.failed {
             println!("FAILED      {f}");
         }
-        let device = v.get("device").filter(|d| !d.is_null());
         let how = target_args(
-            device.and_then(|d| d.get("id")).and_then(Value::as_u64),
-            s(e, "origin"),
-            s(e, "store"),
+            v.device.as_ref().map(|d| u64::from(d.id)),
+            &e.origin,
+            &e.store,
         );
-        if let Some(r) = e.get("restore_in_progress").filter(|r| !r.is_null()) {
+        if let Some(r) = &e.restore_in_progress {
             println!(
                 "RESTORE INTERRUPTED: target {}, run `snapblk restore {} {how}` again to finish",
-                s(r, "target"),
-                shell_quote(s(r, "target"))
+                r.target,
+                shell_quote(&r.target)
             );
         }
-        let n = e
-            .get("snapshots")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
-        println!("snapshots   {n}");
+        println!("snapshots   {}", e.snapshots.len());
         // Ship points are internal snapshots: not in `snapshot list`, but they hold
         // store space, so the space they hold is accounted for here.
-        let pts = ship_points(e);
-        for (name, held, created, target) in &pts {
+        let pts = ship_points(v);
+        for (p, target) in &pts {
             println!(
-                "ship point  {name}: holds {}, frozen {}, {}",
-                bytes(*held),
-                utc(*created),
-                target.as_ref().map_or(
+                "ship point  {}: holds {}, frozen {}, {}",
+                p.name,
+                bytes(p.preserved_bytes),
+                utc(p.created_unix),
+                target.map_or(
                     "target unknown (no ship state file next to the store)".into(),
                     |t| format!("for {t}")
                 )
@@ -261,17 +236,12 @@ pub fn status(v: &Value) {
         }
         // Damage that opening the store worked around: the store works, but has lost
         // redundancy (a superblock copy or checkpoint) until it is rewritten.
-        let empty = vec![];
-        let repaired = e
-            .get("recovery")
-            .and_then(|r| r.get("repaired"))
-            .and_then(Value::as_array)
-            .unwrap_or(&empty);
+        let repaired = &e.recovery.repaired;
         for r in repaired {
-            println!("repaired    {}", r.as_str().unwrap_or(""));
+            println!("repaired    {r}");
         }
         if !repaired.is_empty() {
-            if device.is_some() {
+            if v.device.is_some() {
                 println!("            (worked around when the daemon opened the store, and rewritten then)");
             } else {
                 println!(
@@ -279,70 +249,52 @@ pub fn status(v: &Value) {
                 );
             }
         }
-        if let Some(st) = e.get("stats") {
-            println!(
-                "writes      {} ({} blocks written, {} skipped identical, {} preserved, {} commit groups)",
-                u(st, "writes"),
-                u(st, "blocks_written"),
-                u(st, "blocks_skipped_identical"),
-                u(st, "preserves"),
-                u(st, "commit_groups")
-            );
-        }
-    }
-    if let Some(io) = v.get("io").filter(|x| !x.is_null()) {
+        let st = &e.stats;
         println!(
-            "device io   {} reads ({}), {} writes ({}), {} flushes, {} discards, {} errors",
-            u(io, "reads"),
-            bytes(u(io, "bytes_read")),
-            u(io, "writes"),
-            bytes(u(io, "bytes_written")),
-            u(io, "flushes"),
-            u(io, "discards"),
-            u(io, "errors")
+            "writes      {} ({} blocks written, {} skipped identical, {} preserved, {} commit groups)",
+            st.writes, st.blocks_written, st.blocks_skipped_identical, st.preserves, st.commit_groups
         );
     }
-    if let Some(jobs) = v.get("ship").and_then(Value::as_array) {
-        for j in jobs {
-            println!("ship        {}", ship_job(j));
-        }
+    if let Some(io) = &v.io {
+        println!(
+            "device io   {} reads ({}), {} writes ({}), {} flushes, {} discards, {} errors",
+            io.reads,
+            bytes(io.bytes_read),
+            io.writes,
+            bytes(io.bytes_written),
+            io.flushes,
+            io.discards,
+            io.errors
+        );
+    }
+    for j in &v.ship {
+        println!("ship        {}", ship_job(&j.url, &j.stats));
     }
 }
 
 /// One line per continuous shipping target: state, last committed point, lag (RPO),
 /// throughput and failures.
-pub fn ship_job(j: &Value) -> String {
-    let last = j.get("last_ship").filter(|l| !l.is_null());
-    let point = match last {
-        Some(l) => format!(
-            "last point {} frozen {}",
-            u(l, "seq"),
-            utc(u(l, "created_unix"))
-        ),
+pub fn ship_job(url: &str, st: &SchedulerStats) -> String {
+    let point = match &st.last_ship {
+        Some(l) => format!("last point {} frozen {}", l.seq, utc(l.created_unix)),
         None => "no point committed yet".into(),
     };
-    let lag = j
-        .get("lag_secs")
-        .and_then(Value::as_u64)
-        .map_or("lag n/a".into(), |l| format!("lag {l}s"));
-    let rate = |k: &str| j.get(k).and_then(Value::as_f64).unwrap_or(0.0) as u64;
+    let lag = st
+        .lag
+        .map_or("lag n/a".into(), |l| format!("lag {}s", l.as_secs()));
     let mut line = format!(
         "{} {}{}: {point}, {lag}, {} committed, {} unchanged, {} up ({}/s last, {}/s avg), {} failures",
-        s(j, "url"),
-        s(j, "state"),
-        if j.get("shipping").and_then(Value::as_bool) == Some(true) {
-            " (shipping now)"
-        } else {
-            ""
-        },
-        u(j, "points_committed"),
-        u(j, "unchanged"),
-        bytes(u(j, "bytes_uploaded")),
-        bytes(rate("last_throughput_bps")),
-        bytes(rate("avg_throughput_bps")),
-        u(j, "failures"),
+        url,
+        st.state,
+        if st.shipping { " (shipping now)" } else { "" },
+        st.points_committed,
+        st.unchanged,
+        bytes(st.bytes_uploaded),
+        bytes(st.last_throughput_bps as u64),
+        bytes(st.avg_throughput_bps as u64),
+        st.failures,
     );
-    if let Some(e) = j.get("last_error").and_then(Value::as_str) {
+    if let Some(e) = &st.last_error {
         line.push_str(&format!("; last error: {e}"));
     }
     line

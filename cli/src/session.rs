@@ -1,16 +1,36 @@
 //! Where a verb's request goes: to a running daemon over its control
 //! socket (`-n ID`), or straight to the engine on the files (`--backing`,
-//! offline). Both answer with the same JSON, so verbs print the same way.
+//! offline). Both give the same typed answer, so verbs print the same way.
 
 use crate::args::Target;
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
+use snapblk_daemon::control::answer::StatusAnswer;
+use snapblk_daemon::control::{ops::engine_request, Answer, Client, Request};
+use snapblk_daemon::rundir::{self, RunDir};
+use snapblk_daemon::Error;
 use snapmap::{Engine, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use ublk_target::control::{ops::engine_request, Client, Request};
-use ublk_target::rundir::{self, RunDir};
-use ublk_target::{DeviceSpec, Error};
+use ublk_target::DeviceSpec;
+
+/// The error for a daemon that answered a request with the wrong kind of answer.
+pub fn unexpected(got: &Answer, want: &str) -> anyhow::Error {
+    anyhow!(
+        "the daemon answered with {} where {want} was expected",
+        got.kind()
+    )
+}
+
+/// Takes the answer of the expected kind out of `$answer`, or fails naming both kinds.
+macro_rules! expect_answer {
+    ($answer:expr, $kind:ident) => {
+        match $answer {
+            snapblk_daemon::control::Answer::$kind(x) => x,
+            other => return Err($crate::session::unexpected(&other, stringify!($kind))),
+        }
+    };
+}
+pub(crate) use expect_answer;
 
 /// Whether an offline verb writes to the files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,7 +303,7 @@ impl Session {
         &self,
         req: Request,
         progress: &mut (dyn FnMut(u64, u64) + Send),
-    ) -> Result<Value> {
+    ) -> Result<Answer> {
         req.validate().map_err(|e| anyhow!(e))?;
         match self {
             Session::Online { client, .. } => Ok(client.call(&req, progress)?),
@@ -293,8 +313,16 @@ impl Session {
                     let mut g = p.lock().unwrap_or_else(|e| e.into_inner());
                     (*g)(d, t)
                 };
-                engine_request(engine, &req, &report).map_err(|e| anyhow!(e))
+                Ok(engine_request(engine, &req, &report)?)
             }
+        }
+    }
+
+    /// The engine status of this target (the whole status online).
+    pub fn status(&self) -> Result<Box<StatusAnswer>> {
+        match self.request(Request::Status, &mut |_, _| {})? {
+            Answer::Status(s) => Ok(s),
+            other => Err(unexpected(&other, "status")),
         }
     }
 

@@ -224,6 +224,8 @@ fn every_reporting_verb_prints_valid_json() {
 
     let r = js(&v.run_offline(&["restore", "s1", "--json"]), "restore");
     assert_eq!(r["report"]["written"], BLOCKS as u64, "{r}");
+    // Durations are float seconds, never serde's {secs, nanos}.
+    assert!(r["elapsed_secs"].as_f64().is_some_and(|s| s >= 0.0), "{r}");
     let pre = r["report"]["pre_restore"].as_str().unwrap().to_string();
 
     let del = js(
@@ -240,6 +242,8 @@ fn every_reporting_verb_prints_valid_json() {
         "ship",
     );
     assert_eq!(p["committed"], true, "{p}");
+    assert!(p["elapsed_secs"].as_f64().is_some_and(|s| s > 0.0), "{p}");
+    assert!(p.get("elapsed").is_none(), "{p}");
     let rl = js(
         &v.run(&["remote", "list", "--from", &url, "--json"]),
         "remote list",

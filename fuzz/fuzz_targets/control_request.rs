@@ -1,4 +1,4 @@
-//! The control socket's request path in `ublk-target`: `read_line_bounded` framing over the
+//! The control socket's request path in the daemon crate: `read_line_bounded` framing over the
 //! raw bytes a local client sends, then `Request::decode` (JSON parse + validation) of every
 //! line. Accepted requests must re-encode and decode the same.
 #![no_main]
@@ -6,7 +6,7 @@
 use std::io::BufReader;
 
 use libfuzzer_sys::fuzz_target;
-use ublk_target::control::protocol::{encode, read_line_bounded, Request, MAX_LINE};
+use snapblk_daemon::control::protocol::{read_line_bounded, Request, MAX_LINE};
 
 fuzz_target!(|data: &[u8]| {
     // A small buffer makes lines span many fill_buf calls, as on a slow socket.
@@ -23,11 +23,10 @@ fuzz_target!(|data: &[u8]| {
         let Ok(req) = Request::decode(&line) else {
             continue;
         };
-        let enc = encode(&req);
-        let text = String::from_utf8(enc).unwrap_or_default();
+        let text = String::from_utf8(req.line()).unwrap_or_default();
         assert_eq!(
-            Request::decode(&text).as_ref(),
-            Ok(&req),
+            Request::decode(&text).ok().as_ref(),
+            Some(&req),
             "request did not survive encode/decode"
         );
     }

@@ -41,6 +41,7 @@ pub mod peer;
 pub mod remote;
 pub mod s3;
 pub mod scheduler;
+pub mod secs;
 pub mod ship;
 pub mod source;
 pub mod state;

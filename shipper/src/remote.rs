@@ -253,7 +253,8 @@ pub struct RestoreReport {
     pub segments_read: u64,
     /// Bytes downloaded.
     pub bytes_downloaded: u64,
-    /// Wall time.
+    /// Wall time (seconds in JSON, as `elapsed_secs`).
+    #[serde(rename = "elapsed_secs", with = "crate::secs")]
     pub elapsed: Duration,
 }
 

@@ -10,11 +10,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A snapshot of the scheduler's progress.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SchedulerStats {
     /// `running`, `paused` or `stopped`.
     pub state: String,
-    /// Current interval between ships.
+    /// Current interval between ships (seconds in JSON, as `interval_secs`).
+    #[serde(rename = "interval_secs", with = "crate::secs")]
     pub interval: Duration,
     /// True while a ship (or retention run) is in progress.
     pub shipping: bool,
@@ -33,6 +34,7 @@ pub struct SchedulerStats {
     /// Seconds since the epoch of the newest image known safe on the target.
     pub safe_as_of_unix: Option<u64>,
     /// Recovery point objective right now: how much recent writing would be lost.
+    #[serde(rename = "lag_secs", with = "crate::secs::option")]
     pub lag: Option<Duration>,
     /// Retention runs (see `ShipOptions::keep_points`) that completed.
     pub prunes: u64,

@@ -63,7 +63,7 @@ impl ShipOptions {
 }
 
 /// What one `ship_once` did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PointInfo {
     /// Remote point number (the latest committed one when `committed` is false).
     pub seq: u64,
@@ -89,7 +89,8 @@ pub struct PointInfo {
     pub bytes_uploaded: u64,
     /// Bytes read from the frozen point.
     pub bytes_read: u64,
-    /// Wall time of the call.
+    /// Wall time of the call (seconds in JSON, as `elapsed_secs`).
+    #[serde(rename = "elapsed_secs", with = "crate::secs")]
     pub elapsed: Duration,
 }
 

@@ -122,7 +122,7 @@ pub struct BlockRange {
 }
 
 /// What a restore did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct RestoreReport {
     /// Snapshot restored.
     pub snapshot: String,
@@ -139,7 +139,7 @@ pub struct RestoreReport {
 }
 
 /// Counters since open.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Write calls (incl. discard and write-zeroes).
     pub writes: u64,
@@ -188,7 +188,7 @@ fn add(c: &AtomicU64, n: u64) {
 }
 
 /// Where a restore stands.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct RestoreState {
     /// Snapshot being restored.
     pub target: String,
@@ -197,7 +197,7 @@ pub struct RestoreState {
 }
 
 /// Everything `snapblk status` shows.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Status {
     /// Origin name (path).
     pub origin: String,
@@ -229,7 +229,7 @@ pub struct Status {
 }
 
 /// Result of [`Engine::check`].
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct CheckReport {
     /// Snapshots checked.
     pub snapshots: u64,
@@ -390,11 +390,9 @@ impl Engine {
                     })?;
                 }
                 _ => {
-                    return Err(Error::Invalid(format!(
-                        "backing file {} does not exist: create it (e.g. `truncate -s 20G {}`) or pass --size",
-                        backing.display(),
-                        backing.display()
-                    )))
+                    return Err(Error::NoBacking {
+                        path: backing.display().to_string(),
+                    })
                 }
             }
         }
@@ -415,10 +413,11 @@ impl Engine {
                     )
                 })?;
             } else if cur > want {
-                return Err(Error::Invalid(format!(
-                    "backing {} is {cur} bytes, larger than --size {want}: omit --size or give the backing's size",
-                    backing.display()
-                )));
+                return Err(Error::BackingLarger {
+                    path: backing.display().to_string(),
+                    found: cur,
+                    wanted: want,
+                });
             }
         }
         let store_exists = store.exists()
@@ -433,10 +432,9 @@ impl Engine {
             return Engine::open(origin, Arc::new(dev), opts);
         }
         if !opts.create || opts.read_only {
-            return Err(Error::Invalid(format!(
-                "store {} does not exist: give the right --store path, or create the device first",
-                store.display()
-            )));
+            return Err(Error::NoStore {
+                path: store.display().to_string(),
+            });
         }
         if store.exists() {
             // An empty regular file: reuse it.
@@ -479,10 +477,10 @@ impl Engine {
             )));
         }
         if size / bs as u64 >= u32::MAX as u64 {
-            return Err(Error::Invalid(format!(
-                "backing {} has more than 2^32-1 blocks of {bs} bytes: use a larger --block-size",
-                origin.name()
-            )));
+            return Err(Error::TooManyBlocks {
+                path: origin.name().to_string(),
+                block_size: bs,
+            });
         }
         let ident = origin.identity().unwrap_or_default();
         let cap = opts.max_store_bytes.map(|b| b / bs as u64);
@@ -1573,11 +1571,10 @@ impl Engine {
         });
         if let Some(e) = first_err.into_inner().ok().flatten() {
             if read_lock(&self.index).pos(target).is_none() {
-                return Err(Error::Invalid(format!(
-                    "snapshot {name:?} was deleted while it was being restored, so the device is \
-                     only partly restored: `snapblk restore {pre_name}` puts back the image from \
-                     before the restore"
-                )));
+                return Err(Error::RestoreAbandoned {
+                    snapshot: name.to_string(),
+                    pre_restore: pre_name,
+                });
             }
             return Err(e);
         }

@@ -1,4 +1,5 @@
-//! The engine's error type. Every message names the object and, where there is one, the fix.
+//! The engine's error type. Every message says what failed and names the object; what to
+//! run about it is the command line's to say (it matches on these variants).
 
 use std::io;
 
@@ -15,7 +16,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The store has no room for another preserved block.
-    #[error("store {store} is full ({used_bytes} of {capacity_bytes} bytes used): make room by deleting a snapshot (`snapblk snapshot list` shows what each holds, `snapblk snapshot delete NAME` frees it) or a ship point (`snapblk status` lists them), or give the store more room (a larger --max-store when creating the device, or free space on the store's filesystem); the write was refused and every snapshot is intact")]
+    #[error("store {store} is full ({used_bytes} of {capacity_bytes} bytes used); the write was refused and every snapshot is intact")]
     StoreFull {
         /// The store's name (path).
         store: String,
@@ -25,7 +26,7 @@ pub enum Error {
         capacity_bytes: u64,
     },
     /// The store was formatted for a different origin.
-    #[error("store {store} belongs to backing {expected}, not {found}: if you moved or copied the pair together (and {found} was not written since without the daemon), pass --adopt to bind the store to {found}; otherwise pass the store that belongs to {found}")]
+    #[error("store {store} belongs to backing {expected}, not {found}")]
     WrongOrigin {
         /// The store's name.
         store: String,
@@ -35,13 +36,13 @@ pub enum Error {
         found: String,
     },
     /// The file holds no snapblk superblock.
-    #[error("{store} is not a snapblk store (no valid superblock) and was left untouched: point --store at the store of this backing file, or give `snapblk create` a --store path that does not exist yet to start a new store")]
+    #[error("{store} is not a snapblk store (no valid superblock) and was left untouched")]
     NotAStore {
         /// The file's name.
         store: String,
     },
     /// The store was written by a newer snapblk.
-    #[error("store {store} has format version {found}, newer than this snapblk understands ({supported}): upgrade snapblk")]
+    #[error("store {store} has format version {found}, newer than this build reads ({supported})")]
     FutureVersion {
         /// The store's name.
         store: String,
@@ -51,7 +52,9 @@ pub enum Error {
         supported: u32,
     },
     /// Metadata or preserved data failed verification.
-    #[error("store {store} is corrupt: {detail}. Nothing was changed; keep a copy of the store file. If it still opens, `snapblk check` lists all the damage; otherwise restore the volume from a copy or a remote (`snapblk remote restore`)")]
+    #[error(
+        "store {store} is corrupt: {detail}. Nothing was changed; keep a copy of the store file"
+    )]
     Corrupt {
         /// The store's name.
         store: String,
@@ -71,7 +74,7 @@ pub enum Error {
         found: u64,
     },
     /// A snapshot name that does not exist.
-    #[error("snapshot {0:?} does not exist: see `snapblk snapshot list`")]
+    #[error("snapshot {0:?} does not exist")]
     NoSuchSnapshot(String),
     /// A snapshot name that is taken.
     #[error("snapshot {0:?} already exists: pick another name or delete the old one first")]
@@ -90,7 +93,7 @@ pub enum Error {
         size: u64,
     },
     /// Another process (or another open in this one) already has the file.
-    #[error("{what} {path} is in use by {holder}: stop that first; `snapblk list` shows running devices, and while a device runs, use its own commands with -n ID instead of --backing (`snapblk snapshot create NAME -n ID`, `snapblk restore NAME -n ID`, `snapblk status -n ID`)")]
+    #[error("{what} {path} is in use by {holder}: stop that first")]
     InUse {
         /// "store" or "backing".
         what: &'static str,
@@ -102,8 +105,46 @@ pub enum Error {
     /// A caller passed something unusable.
     #[error("{0}")]
     Invalid(String),
+    /// The backing file does not exist and no size was given to create it.
+    #[error("backing file {path} does not exist")]
+    NoBacking {
+        /// The backing's path.
+        path: String,
+    },
+    /// The backing is larger than the size asked for.
+    #[error("backing {path} is {found} bytes, larger than the size asked for ({wanted} bytes)")]
+    BackingLarger {
+        /// The backing's path.
+        path: String,
+        /// Its size.
+        found: u64,
+        /// The size asked for.
+        wanted: u64,
+    },
+    /// The store file does not exist (and was not to be created).
+    #[error("store {path} does not exist")]
+    NoStore {
+        /// The store's path.
+        path: String,
+    },
+    /// The backing has more blocks than a store tracks at this block size.
+    #[error("backing {path} has more than 2^32-1 blocks of {block_size} bytes")]
+    TooManyBlocks {
+        /// The backing's path.
+        path: String,
+        /// The block size asked for.
+        block_size: u32,
+    },
+    /// The snapshot being restored was deleted mid-way: the device is only partly restored.
+    #[error("snapshot {snapshot:?} was deleted while it was being restored, so the device is only partly restored; snapshot {pre_restore} holds the image from before the restore")]
+    RestoreAbandoned {
+        /// The snapshot that was being restored.
+        snapshot: String,
+        /// The automatic pre-restore snapshot.
+        pre_restore: String,
+    },
     /// An earlier sync failure left the on-disk state uncertain; the engine refuses further writes.
-    #[error("store {store} stopped accepting writes after a failed sync ({reason}): close and reopen the device (`snapblk recover`) so the log is replayed")]
+    #[error("store {store} stopped accepting writes after a failed sync ({reason})")]
     Failed {
         /// The store's name.
         store: String,
@@ -122,7 +163,14 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::StoreFull { .. } => libc::ENOSPC,
-            Error::OutOfRange { .. } | Error::Invalid(_) | Error::InvalidName(_) => libc::EINVAL,
+            Error::OutOfRange { .. }
+            | Error::Invalid(_)
+            | Error::InvalidName(_)
+            | Error::NoBacking { .. }
+            | Error::BackingLarger { .. }
+            | Error::NoStore { .. }
+            | Error::TooManyBlocks { .. }
+            | Error::RestoreAbandoned { .. } => libc::EINVAL,
             Error::InUse { .. } => libc::EBUSY,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             _ => libc::EIO,

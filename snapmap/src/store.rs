@@ -22,7 +22,7 @@ pub struct JournalPos {
 }
 
 /// What opening a store found.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Recovery {
     /// Journal blocks replayed on top of the checkpoint.
     pub journal_blocks: u64,

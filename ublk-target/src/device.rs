@@ -167,7 +167,9 @@ where
             .map_err(ublk_err("add", req_id))?,
         Attach::Recover => {
             if req_id < 0 {
-                return Err(Error::Protocol("recover needs a device id (-n ID)".into()));
+                return Err(Error::Spec(
+                    "recovering a device needs its device id".into(),
+                ));
             }
             UblkCtrl::new_simple(req_id)
                 .map_err(ublk_err("open for recovery", req_id))?

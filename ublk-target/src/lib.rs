@@ -1,31 +1,28 @@
-//! The ublk frontend of snapblk.
+//! The ublk frontend of snapblk: glue between libublk and the engine.
 //!
-//! One daemon per device serves `/dev/ublkbN` from a [`snapmap::Engine`]:
 //! - [`device`]: add / recover / stop / delete through libublk's control device;
 //! - [`queue`] and [`worker`]: per-queue io_uring loops that serve plain
 //!   origin reads and writes on the queue's own ring and hand every other
 //!   block request to a pool of engine threads, completing it back on the
 //!   queue;
-//! - [`io_op`]: how a ublk operation maps to an engine call;
-//! - [`control`]: the per-device control socket (JSON lines) and its client;
-//! - [`daemon`]: the process that ties the above together, with [`rundir`]
-//!   holding its state under `/run/snapblk/<id>/` and [`busy`] deciding
-//!   whether the block device may be rewritten under its users.
+//! - [`io_op`]: how a ublk operation maps to a backend call;
+//! - device kinds: the volume (`volume.rs`, the engine as a backend) and, for kinds
+//!   that read from elsewhere, [`source`]'s block-source trait;
+//! - [`spec`]: what a device is made of.
+//!
+//! The daemon around it (control socket, run directory, schedules) is the
+//! `snapblk-daemon` crate.
 
 #![warn(missing_docs)]
 
-pub mod busy;
-pub mod control;
-pub mod daemon;
 pub mod device;
 mod error;
 mod inbox;
 pub mod io_op;
-pub mod privilege;
 pub mod queue;
-pub mod rundir;
-pub mod ship;
+pub mod source;
 pub mod spec;
+mod volume;
 pub mod worker;
 
 pub use error::Error;

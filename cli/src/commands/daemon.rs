@@ -4,6 +4,7 @@
 
 use crate::args::DaemonArgs;
 use anyhow::{anyhow, bail, Context, Result};
+use snapblk_daemon::rundir::{self, RunDir};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::DirBuilderExt;
@@ -12,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 use ublk_target::device::{bdev_path, Attach};
-use ublk_target::rundir::{self, RunDir};
 use ublk_target::DeviceSpec;
 
 /// How long `create` waits for the device (engine open includes log replay).
@@ -33,19 +33,20 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     } else {
         Attach::Add
     };
-    let res = ublk_target::daemon::run(spec, attach, |id| {
+    let res = snapblk_daemon::daemon::run(spec, attach, |id| {
         let mut out = std::io::stdout();
         let _ = writeln!(out, "READY {id}");
         let _ = out.flush();
         silence_stdout();
-    });
+    })
+    .map_err(anyhow::Error::from);
     if let Err(e) = &res {
         tracing::error!(error = %e, "daemon failed");
-        // One line: the starter shows it as the error. After READY stdout is
-        // /dev/null and this goes nowhere, which is fine: it is in the log.
-        println!("ERROR {}", e.to_string().replace('\n', " "));
+        // One line, with the CLI's advice: the starter shows it as the error. After
+        // READY stdout is /dev/null and this goes nowhere, which is fine: it is in the log.
+        println!("ERROR {}", crate::failure::message(e).replace('\n', " "));
     }
-    Ok(res?)
+    res
 }
 
 fn silence_stdout() {
@@ -61,7 +62,7 @@ fn silence_stdout() {
 
 /// Serves in this process (`--foreground`), printing the device path when ready.
 pub fn foreground(spec: DeviceSpec, attach: Attach) -> Result<()> {
-    ublk_target::daemon::run(spec, attach, |id| {
+    snapblk_daemon::daemon::run(spec, attach, |id| {
         println!("{}", bdev_path(id).display());
         let _ = std::io::stdout().flush();
     })?;

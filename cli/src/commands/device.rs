@@ -5,12 +5,13 @@ use crate::args::{CreateArgs, RecoverArgs, StatusArgs};
 use crate::output;
 use crate::session::{absolute, check_backing, check_store, serving_daemon, Access, Session};
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use snapblk_daemon::control::answer::{DeviceInfo, StatusAnswer};
+use snapblk_daemon::control::{Client, Request};
+use snapblk_daemon::rundir::{self, RunDir};
+use snapblk_daemon::Error;
 use std::time::{Duration, Instant};
-use ublk_target::control::{Client, Request};
 use ublk_target::device::{self, bdev_path, Attach};
-use ublk_target::rundir::{self, RunDir};
-use ublk_target::{DeviceSpec, Error};
+use ublk_target::DeviceSpec;
 
 /// How long `delete` waits for the daemon to drain and exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -81,7 +82,7 @@ pub fn create(a: CreateArgs) -> Result<()> {
 }
 
 /// One device's summary for `list` and for `status` of a dead daemon.
-fn summary(id: u32) -> Value {
+fn summary(id: u32) -> DeviceInfo {
     let rd = RunDir::new(id);
     let spec = rd.read_config().ok();
     let pid = rd.read_pid().ok();
@@ -91,21 +92,27 @@ fn summary(id: u32) -> Value {
         (false, true) => "daemon dead (snapblk recover -n ID)",
         (false, false) => "stale (device gone; snapblk delete -n ID cleans up)",
     };
-    json!({
-        "id": id,
-        "path": bdev_path(id),
-        "state": state.replace("ID", &id.to_string()),
-        "pid": pid,
-        "backing": spec.as_ref().map(|s| s.backing.clone()),
-        "store": spec.as_ref().map(|s| s.store.clone()),
-    })
+    DeviceInfo {
+        id,
+        path: bdev_path(id),
+        state: state.replace("ID", &id.to_string()),
+        pid,
+        backing: spec.as_ref().map(|s| s.backing.clone()),
+        store: spec.as_ref().map(|s| s.store.clone()),
+        size: None,
+        block_size: None,
+        nr_queues: None,
+        depth: None,
+        workers: None,
+        uptime_secs: None,
+    }
 }
 
 /// `list`.
 pub fn list(as_json: bool) -> Result<()> {
-    let rows: Vec<Value> = rundir::list_ids().into_iter().map(summary).collect();
+    let rows: Vec<DeviceInfo> = rundir::list_ids().into_iter().map(summary).collect();
     if as_json {
-        output::json(&Value::Array(rows));
+        output::json(&rows);
         return Ok(());
     }
     if rows.is_empty() {
@@ -117,24 +124,24 @@ pub fn list(as_json: bool) -> Result<()> {
         "ID", "DEVICE", "PID", "BACKING"
     );
     for r in rows {
-        let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-        let pid = r
-            .get("pid")
-            .and_then(Value::as_i64)
-            .map_or("-".into(), |p| p.to_string());
-        let id = r.get("id").and_then(Value::as_u64).unwrap_or(0);
+        let pid = r.pid.map_or("-".into(), |p| p.to_string());
+        let backing = r
+            .backing
+            .as_ref()
+            .map_or("-".into(), |b| b.display().to_string());
         println!(
-            "{id:<4} {:<14} {:<8} {:<40} {}",
-            s("path"),
+            "{:<4} {:<14} {:<8} {:<40} {}",
+            r.id,
+            r.path.display(),
             pid,
-            s("backing"),
-            s("state")
+            backing,
+            r.state
         );
     }
     Ok(())
 }
 
-fn device_status(id: u32) -> Result<Value> {
+fn device_status(id: u32) -> Result<Box<StatusAnswer>> {
     let rd = RunDir::new(id);
     if !rd.exists() {
         return Err(Error::NoSuchDevice {
@@ -144,8 +151,14 @@ fn device_status(id: u32) -> Result<Value> {
         .into());
     }
     match rd.live_pid() {
-        Some(_) => Ok(Session::online(id)?.request(Request::Status, &mut |_, _| {})?),
-        None => Ok(json!({ "device": summary(id), "engine": null, "io": null })),
+        Some(_) => Session::online(id)?.status(),
+        None => Ok(Box::new(StatusAnswer {
+            device: Some(summary(id)),
+            engine: None,
+            io: None,
+            ship: Vec::new(),
+            ship_targets: Vec::new(),
+        })),
     }
 }
 
@@ -156,16 +169,16 @@ pub fn status(a: StatusArgs) -> Result<()> {
         (None, Some(backing)) => {
             let session =
                 Session::offline_adopting(backing, a.store.as_deref(), Access::ReadOnly, a.adopt)?;
-            let engine = session.request(Request::Status, &mut |_, _| {})?;
+            let status = session.status()?;
             session.close()?;
-            json!({ "device": null, "engine": engine, "io": null })
+            status
         }
         (None, None) => {
-            let all: Result<Vec<Value>> =
+            let all: Result<Vec<Box<StatusAnswer>>> =
                 rundir::list_ids().into_iter().map(device_status).collect();
             let all = all?;
             if a.json {
-                output::json(&Value::Array(all));
+                output::json(&all);
             } else if all.is_empty() {
                 println!("no snapblk devices");
             } else {

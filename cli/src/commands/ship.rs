@@ -7,13 +7,15 @@
 use crate::args::{CredArgs, ReceiveArgs, RemoteCommand, RemoteFrom, ShipArgs};
 use crate::output;
 use crate::progress::{Progress, Unit};
-use crate::session::{absolute, Access, Session};
+use crate::session::{absolute, expect_answer, unexpected, Access, Session};
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 use shipper::{Credentials, PointSel, ShipOptions, TargetUrl};
+use snapblk_daemon::control::answer::Shipped;
+use snapblk_daemon::control::Answer;
+use snapblk_daemon::control::{Request, ShipAction, ShipSecrets};
+use snapblk_daemon::schedules::ship_state_path;
 use std::path::Path;
-use ublk_target::control::{Request, ShipAction, ShipSecrets};
-use ublk_target::ship::ship_state_path;
 use ublk_target::DeviceSpec;
 
 /// Settings and secrets: the environment first, then `--credentials FILE`, then the key file.
@@ -54,39 +56,23 @@ fn secrets(c: Credentials) -> ShipSecrets {
     }
 }
 
-fn u(v: &Value, k: &str) -> u64 {
-    v.get(k).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn print_point(v: &Value, url: &str) {
-    let secs = v
-        .get("elapsed")
-        .and_then(|e| e.get("secs"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0) as f64
-        + v.get("elapsed")
-            .and_then(|e| e.get("nanos"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as f64
-            / 1e9;
-    let kind = if v.get("full").and_then(Value::as_bool) == Some(true) {
-        "full"
-    } else {
-        "incremental"
-    };
-    if v.get("committed").and_then(Value::as_bool) == Some(true) {
+fn print_point(v: &Shipped) {
+    let p = &v.point;
+    let (url, secs) = (&v.url, p.elapsed.as_secs_f64());
+    let kind = if p.full { "full" } else { "incremental" };
+    if p.committed {
         println!(
             "committed point {} to {url}: {kind}, {} blocks ({} zero), {} segments, {} uploaded in {secs:.1} s",
-            u(v, "seq"),
-            u(v, "data_blocks"),
-            u(v, "zero_blocks"),
-            u(v, "segments"),
-            output::bytes(u(v, "bytes_uploaded")),
+            p.seq,
+            p.data_blocks,
+            p.zero_blocks,
+            p.segments,
+            output::bytes(p.bytes_uploaded),
         );
     } else {
         println!(
             "nothing changed since point {} on {url}, which already holds this image; no new point committed",
-            u(v, "seq")
+            p.seq
         );
     }
 }
@@ -102,7 +88,7 @@ pub fn ship(a: ShipArgs) -> Result<()> {
     }
     let s = Session::open(&a.target, Access::ReadWrite)?;
     let id = s.id().unwrap_or(0);
-    let control = |action| -> Result<Value> {
+    let control = |action| -> Result<Answer> {
         s.request(
             Request::ShipControl {
                 url: url.clone(),
@@ -128,11 +114,14 @@ pub fn ship(a: ShipArgs) -> Result<()> {
             &mut |d, t| bar.update(d, t),
         );
         bar.finish();
-        let v = res.with_context(|| format!("ship device {id} to {url}"))?;
+        let v = expect_answer!(
+            res.with_context(|| format!("ship device {id} to {url}"))?,
+            Shipped
+        );
         if a.json {
             output::json(&v);
         } else {
-            print_point(&v, &url);
+            print_point(&v);
         }
         return Ok(());
     } else {
@@ -147,26 +136,22 @@ pub fn ship(a: ShipArgs) -> Result<()> {
         )
         .with_context(|| format!("start shipping device {id} to {url}"))?
     };
-    if a.json {
-        output::json(&v);
-        return Ok(());
-    }
-    match v.get("action").and_then(Value::as_str) {
-        Some(action) => {
-            let stats = v.get("stats").cloned().unwrap_or(Value::Null);
-            let mut line = stats.clone();
-            line["url"] = json!(url);
-            line["lag_secs"] = stats
-                .get("lag")
-                .and_then(|l| l.get("secs"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            println!("{action}: {}", output::ship_job(&line));
+    match v {
+        Answer::ShipControlled(c) if a.json => output::json(&c),
+        Answer::ShipStarted(st) if a.json => output::json(&st),
+        Answer::ShipControlled(c) => {
+            let action = match c.action {
+                ShipAction::Pause => "pause",
+                ShipAction::Resume => "resume",
+                ShipAction::Stop => "stop",
+            };
+            println!("{action}: {}", output::ship_job(&c.url, &c.stats));
         }
-        None => println!(
+        Answer::ShipStarted(st) => println!(
             "shipping device {id} to {url} every {:.1} s; see `snapblk status -n {id}`, stop with `snapblk ship -n {id} --to {url} --stop`",
-            u(&v, "interval_ms") as f64 / 1000.0
+            st.interval_secs
         ),
+        other => return Err(unexpected(&other, "ship_started or ship_controlled")),
     }
     Ok(())
 }
@@ -207,13 +192,15 @@ fn ship_offline(backing: &Path, store: Option<&Path>, url: &str, a: &ShipArgs) -
     let info = res.with_context(|| format!("ship {} to {url}", backing.display()))?;
     closed?;
     tracing::info!(%url, seq = info.seq, committed = info.committed, "ship: done");
-    let mut v = serde_json::to_value(&info).context("encode ship result")?;
-    v["url"] = json!(url);
-    v["state_file"] = json!(opts.state_path);
+    let v = Shipped {
+        point: info,
+        url: url.to_string(),
+        state_file: opts.state_path.clone(),
+    };
     if a.json {
         output::json(&v);
     } else {
-        print_point(&v, url);
+        print_point(&v);
     }
     Ok(())
 }

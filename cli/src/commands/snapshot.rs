@@ -5,10 +5,10 @@ use crate::args::{CheckArgs, DiffArgs, ExportArgs, RestoreArgs, SnapshotCommand}
 use crate::failure::Exit;
 use crate::output;
 use crate::progress::{Progress, Unit};
+use crate::session::expect_answer;
 use crate::session::{absolute, Access, Session};
 use anyhow::{bail, Result};
-use serde_json::Value;
-use ublk_target::control::Request;
+use snapblk_daemon::control::{Answer, Request};
 use ublk_target::DeviceSpec;
 
 fn no_progress() -> impl FnMut(u64, u64) + Send {
@@ -22,17 +22,26 @@ fn quick(
     access: Access,
     req: Request,
     json: bool,
-    say: impl FnOnce(&Value),
+    say: impl FnOnce(&Answer),
 ) -> Result<()> {
     let s = Session::open(target, access)?;
     let v = s.request(req, &mut no_progress())?;
     s.close()?;
     if json {
-        output::json(&v);
+        print_answer(&v);
     } else {
         say(&v);
     }
     Ok(())
+}
+
+/// Prints an answer's value as the verb's `--json` output.
+fn print_answer(a: &Answer) {
+    match a {
+        Answer::Snapshot(x) => output::json(x),
+        Answer::Deleted(x) => output::json(x),
+        other => output::json(other),
+    }
 }
 
 /// `snapshot ...`.
@@ -44,29 +53,28 @@ pub fn snapshot(cmd: SnapshotCommand) -> Result<()> {
             Request::SnapshotCreate { name: name.clone() },
             json,
             |v| {
-                println!(
-                    "created snapshot {name} (id {})",
-                    v.get("id").and_then(Value::as_u64).unwrap_or(0)
-                )
+                let id = match v {
+                    Answer::Snapshot(info) => info.id,
+                    _ => 0,
+                };
+                println!("created snapshot {name} (id {id})")
             },
         ),
         SnapshotCommand::List { target, json } => {
             let s = Session::open(&target, Access::ReadOnly)?;
-            let list = s.request(Request::SnapshotList, &mut no_progress())?;
+            let list = expect_answer!(
+                s.request(Request::SnapshotList, &mut no_progress())?,
+                Snapshots
+            );
             // The table shows user snapshots only; internal ship points also hold store
             // space, so the text says so (the JSON stays the documented array).
-            let status = if json {
-                None
-            } else {
-                Some(s.request(Request::Status, &mut no_progress())?)
-            };
+            let status = if json { None } else { Some(s.status()?) };
             s.close()?;
             match status {
                 None => output::json(&list),
                 Some(st) => {
                     output::snapshots(&list);
-                    // Online the reply is {device, engine, ...}; offline the engine part.
-                    output::ship_points_footer(st.get("engine").unwrap_or(&st));
+                    output::ship_points_footer(&st);
                 }
             }
             Ok(())
@@ -87,7 +95,7 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     if let Some(id) = s.id() {
         // The daemon cannot see other processes' open files (it dropped ptrace
         // access); this process can, so it refuses a busy device first.
-        ublk_target::busy::check_users(&format!("ublkb{id}"), "restore")?;
+        snapblk_daemon::busy::check_users(&format!("ublkb{id}"), "restore")?;
     }
     tracing::info!(snapshot = %a.name, "restore: writing the snapshot's blocks back");
     let bar = Progress::new(&format!("restore {}", a.name), Unit::Blocks);
@@ -102,24 +110,20 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     // A failed restore usually leaves the close failing for the same reason (a full
     // store cannot take the checkpoint either): report the restore's own error.
     let closed = s.close();
-    let v = res?;
+    let v = expect_answer!(res?, Restored);
     closed?;
-    tracing::info!(snapshot = %a.name, report = %v["report"], "restore: done");
+    tracing::info!(snapshot = %a.name, report = ?v.report, "restore: done");
     if a.json {
         output::json(&v);
         return Ok(());
     }
-    let r = &v["report"];
-    let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let r = &v.report;
     println!(
         "restored {}: {} blocks considered, {} written, {} already equal ({:.1} s)",
-        a.name,
-        n("blocks"),
-        n("written"),
-        n("skipped"),
-        v.get("secs").and_then(Value::as_f64).unwrap_or(0.0)
+        a.name, r.blocks, r.written, r.skipped, v.elapsed_secs
     );
-    if let Some(pre) = r.get("pre_restore").and_then(Value::as_str) {
+    {
+        let pre = r.pre_restore.as_str();
         let how = match (id, &a.target.backing) {
             (Some(id), _) => format!("-n {id}"),
             (None, Some(backing)) => {
@@ -166,7 +170,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
     if s.id().is_some() {
         // The daemon writes the image at `to` as seen from this process, through
         // /proc/<pid>/root; the kernel allows that only if we hold nothing it lacks.
-        ublk_target::privilege::limit_to_daemon()?;
+        snapblk_daemon::privilege::limit_to_daemon()?;
     }
     tracing::info!(snapshot = %a.name, to = %to.display(), "export: writing the snapshot image");
     let bar = Progress::new(&format!("export {}", a.name), Unit::Bytes);
@@ -179,7 +183,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
     );
     bar.finish();
     let closed = s.close();
-    let v = res?;
+    let v = expect_answer!(res?, Exported);
     closed?;
     tracing::info!(snapshot = %a.name, to = %to.display(), "export: done");
     if a.json {
@@ -193,13 +197,16 @@ pub fn export(a: ExportArgs) -> Result<()> {
 /// `diff`.
 pub fn diff(a: DiffArgs) -> Result<()> {
     let s = Session::open(&a.target, Access::ReadOnly)?;
-    let v = s.request(
-        Request::Diff {
-            from: a.from,
-            to: a.to,
-        },
-        &mut no_progress(),
-    )?;
+    let v = expect_answer!(
+        s.request(
+            Request::Diff {
+                from: a.from,
+                to: a.to,
+            },
+            &mut no_progress(),
+        )?,
+        Diff
+    );
     s.close()?;
     if a.json {
         output::json(&v);
@@ -227,31 +234,18 @@ pub fn check(a: CheckArgs) -> Result<()> {
     // Still damaged on disk only when the store was opened read-only; a daemon (online)
     // and --repair opened it read-write, which rewrote the copy.
     let read_only = s.opened_read_only();
-    let mut v = s.request(Request::Check, &mut no_progress())?;
+    let mut v = expect_answer!(s.request(Request::Check, &mut no_progress())?, Check);
     s.close()?;
-    let strings = |k: &str| -> Vec<String> {
-        v.get(k)
-            .and_then(Value::as_array)
-            .map(|p| {
-                p.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let problems = strings("problems");
-    let repaired = strings("repaired");
+    let problems = v.report.problems.clone();
+    let repaired = v.repaired.clone();
     let pending = !repaired.is_empty() && read_only;
     if a.json {
-        v["repair_pending"] = pending.into();
+        v.repair_pending = pending;
         output::json(&v);
     } else {
-        let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
         println!(
             "checked {} snapshots, {} preserved blocks, {} unreferenced slots",
-            n("snapshots"),
-            n("preserved_blocks"),
-            n("unreferenced_slots")
+            v.report.snapshots, v.report.preserved_blocks, v.report.unreferenced_slots
         );
         for p in &problems {
             println!("problem: {p}");

@@ -4,8 +4,8 @@
 //! on every change, so a daemon restarted by `snapblk recover` after a crash resumes them
 //! (paused ones stay paused) instead of silently stopping the off-site copy.
 
-use crate::control::{ShipAction, ShipSecrets};
-use serde_json::{json, Value};
+use crate::control::answer::{ShipControlled, ShipJob, ShipStarted, ShipTarget, Shipped};
+use crate::control::{Failure, FailureKind, ShipAction, ShipSecrets};
 use shipper::{Credentials, PointSource, Scheduler, ShipOptions, Target};
 use snapmap::Engine;
 use std::collections::BTreeMap;
@@ -34,7 +34,7 @@ pub fn ship_state_path(store: &Path, url: &str) -> PathBuf {
 /// from the ship state files next to the store ([`ship_state_path`]). Ship points are
 /// internal snapshots that hold store space; this lets `status` say which target keeps
 /// each one. Unreadable or foreign files are skipped: the answer is only a label.
-pub fn ship_targets(store: &Path) -> Vec<(String, String)> {
+pub fn ship_targets(store: &Path) -> Vec<ShipTarget> {
     let Some(name) = store.file_name().and_then(|n| n.to_str()) else {
         return Vec::new();
     };
@@ -46,7 +46,7 @@ pub fn ship_targets(store: &Path) -> Vec<(String, String)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut out: Vec<(String, String)> = entries
+    let mut out: Vec<ShipTarget> = entries
         .flatten()
         .filter(|e| {
             e.file_name()
@@ -59,12 +59,15 @@ pub fn ship_targets(store: &Path) -> Vec<(String, String)> {
                 return None;
             }
             let text = std::fs::read_to_string(e.path()).ok()?;
-            let v: Value = serde_json::from_str(&text).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
             let target = v.get("target")?.as_str()?.to_string();
-            Some((shipper::ship::point_prefix(&target), target))
+            Some(ShipTarget {
+                point_prefix: shipper::ship::point_prefix(&target),
+                target,
+            })
         })
         .collect();
-    out.sort();
+    out.sort_by(|a, b| a.point_prefix.cmp(&b.point_prefix));
     out
 }
 
@@ -80,14 +83,10 @@ pub fn credentials(s: ShipSecrets) -> Credentials {
     }
 }
 
-fn open_target(url: &str, secrets: ShipSecrets) -> Result<Arc<dyn Target>, String> {
+fn open_target(url: &str, secrets: ShipSecrets) -> Result<Arc<dyn Target>, Failure> {
     shipper::target_from_url(url, &credentials(secrets))
         .map(Arc::from)
-        .map_err(|e| format!("open ship target {url}: {e}"))
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, String> {
-    serde_json::to_value(v).map_err(|e| format!("encode reply: {e}"))
+        .map_err(|e| Failure::other(format!("open ship target {url}: {e}")))
 }
 
 struct Job {
@@ -209,10 +208,11 @@ impl Ships {
         url: &str,
         secrets: ShipSecrets,
         progress: &(dyn Fn(u64, u64) + Sync),
-    ) -> Result<Value, String> {
+    ) -> Result<Shipped, Failure> {
         if self.jobs().contains_key(url) {
-            return Err(format!(
-                "continuous shipping to {url} is running in this daemon: pause it first (`snapblk ship -n ID --to {url} --pause`) or read its progress with `snapblk status`"
+            return Err(Failure::new(
+                FailureKind::ShipRunning { url: url.into() },
+                format!("continuous shipping to {url} is running in this daemon"),
             ));
         }
         let target = open_target(url, secrets)?;
@@ -238,14 +238,19 @@ impl Ships {
             }
             h.join()
         });
-        let info = match result {
-            Ok(r) => r.map_err(|e| format!("ship to {url}: {e}"))?,
-            Err(_) => return Err(format!("ship to {url}: the shipping thread panicked")),
+        let point = match result {
+            Ok(r) => r.map_err(|e| Failure::other(format!("ship to {url}: {e}")))?,
+            Err(_) => {
+                return Err(Failure::other(format!(
+                    "ship to {url}: the shipping thread panicked"
+                )))
+            }
         };
-        let mut v = to_json(&info)?;
-        v["url"] = json!(url);
-        v["state_file"] = json!(state_file);
-        Ok(v)
+        Ok(Shipped {
+            point,
+            url: url.into(),
+            state_file,
+        })
     }
 
     /// Starts continuous shipping to `url`, or changes the interval of a running schedule.
@@ -254,17 +259,21 @@ impl Ships {
         url: &str,
         interval: Duration,
         secrets: ShipSecrets,
-    ) -> Result<Value, String> {
+    ) -> Result<ShipStarted, Failure> {
         let mut jobs = self.jobs();
         if let Some(job) = jobs.get_mut(url) {
             job.sched.set_interval(interval);
             job.sched.resume();
             job.interval = interval;
             job.paused = false;
+            let state_file = job.state_file.clone();
             self.save(&jobs);
-            return Ok(
-                json!({ "url": url, "started": false, "interval_ms": interval.as_millis() as u64 }),
-            );
+            return Ok(ShipStarted {
+                url: url.into(),
+                started: false,
+                interval_secs: interval.as_secs_f64(),
+                state_file,
+            });
         }
         let target = open_target(url, secrets.clone())?;
         let state_file = ship_state_path(&self.store, url);
@@ -289,19 +298,28 @@ impl Ships {
             },
         );
         self.save(&jobs);
-        Ok(
-            json!({ "url": url, "started": true, "interval_ms": interval.as_millis() as u64, "state_file": state_file }),
-        )
+        Ok(ShipStarted {
+            url: url.into(),
+            started: true,
+            interval_secs: interval.as_secs_f64(),
+            state_file,
+        })
     }
 
     /// Pauses, resumes or stops the schedule of `url`.
-    pub fn control(&self, url: &str, action: ShipAction) -> Result<Value, String> {
+    pub fn control(&self, url: &str, action: ShipAction) -> Result<ShipControlled, Failure> {
         let mut jobs = self.jobs();
+        let missing = |jobs: &BTreeMap<String, Job>| {
+            Failure::new(
+                FailureKind::NoSchedule { url: url.into() },
+                format!(
+                    "no continuous shipping to {url} in this daemon (running: {})",
+                    jobs_list(jobs.keys())
+                ),
+            )
+        };
         if !jobs.contains_key(url) {
-            return Err(format!(
-                "no continuous shipping to {url} in this daemon (running: {}); start it with `snapblk ship -n ID --to {url} --interval DUR`",
-                jobs_list(jobs.keys())
-            ));
+            return Err(missing(&jobs));
         }
         if action == ShipAction::Stop {
             if let Some(job) = jobs.remove(url) {
@@ -310,35 +328,40 @@ impl Ships {
                 drop(jobs);
                 let stats = job.sched.stop();
                 tracing::info!(url, "continuous shipping stopped");
-                return Ok(json!({ "url": url, "action": "stop", "stats": to_json(&stats)? }));
+                return Ok(ShipControlled {
+                    url: url.into(),
+                    action,
+                    stats,
+                });
             }
         }
         let Some(job) = jobs.get_mut(url) else {
-            return Err(format!("no continuous shipping to {url} in this daemon"));
+            return Err(missing(&jobs));
         };
         match action {
             ShipAction::Pause => job.sched.pause(),
             ShipAction::Resume | ShipAction::Stop => job.sched.resume(),
         }
         job.paused = action == ShipAction::Pause;
-        let stats = to_json(&job.sched.stats())?;
+        let stats = job.sched.stats();
         self.save(&jobs);
-        Ok(json!({ "url": url, "action": action, "stats": stats }))
+        Ok(ShipControlled {
+            url: url.into(),
+            action,
+            stats,
+        })
     }
 
     /// Every schedule with its statistics (last point, lag, throughput).
-    pub fn status(&self) -> Result<Value, String> {
-        let jobs = self.jobs();
-        let mut out = Vec::new();
-        for (url, job) in jobs.iter() {
-            let stats = job.sched.stats();
-            let mut v = to_json(&stats)?;
-            v["url"] = json!(url);
-            v["state_file"] = json!(job.state_file);
-            v["lag_secs"] = json!(stats.lag.map(|d| d.as_secs()));
-            out.push(v);
-        }
-        Ok(Value::Array(out))
+    pub fn status(&self) -> Vec<ShipJob> {
+        self.jobs()
+            .iter()
+            .map(|(url, job)| ShipJob {
+                url: url.clone(),
+                state_file: job.state_file.clone(),
+                stats: job.sched.stats(),
+            })
+            .collect()
     }
 
     /// Stops every schedule (waiting for ships in flight), before the engine closes.
@@ -362,6 +385,8 @@ fn jobs_list<'a>(urls: impl Iterator<Item = &'a String>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::control::answer::ShipTarget;
+
     #[test]
     fn ship_targets_come_from_the_state_files_next_to_the_store() {
         let d = tempfile::tempdir().unwrap();
@@ -378,7 +403,10 @@ mod tests {
         std::fs::write(d.path().join("d.img.snapstore.ship-2.json"), "not json").unwrap();
         assert_eq!(
             super::ship_targets(&store),
-            vec![(shipper::ship::point_prefix(target), target.to_string())]
+            vec![ShipTarget {
+                point_prefix: shipper::ship::point_prefix(target),
+                target: target.to_string()
+            }]
         );
     }
 
@@ -428,8 +456,8 @@ mod tests {
         // A restarted daemon: the schedule comes back, still paused, with its secrets.
         let b = Ships::new(engine.clone(), store_path.clone(), Some(saved.clone()));
         assert_eq!(b.resume_saved(), 1);
-        let st = b.status().unwrap();
-        assert_eq!(st[0]["url"], json!(url));
+        let st = b.status();
+        assert_eq!(st[0].url, url);
         assert_eq!(
             b.jobs().get(&url).map(|j| (j.paused, j.secrets == secrets)),
             Some((true, true))

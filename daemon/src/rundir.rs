@@ -2,10 +2,11 @@
 //! [`DeviceSpec`] with its final id) and `control.sock`. Logs go to
 //! `/run/snapblk/<id>.log` so they survive the directory's removal.
 
-use crate::{DeviceSpec, Error};
+use crate::Error;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use ublk_target::DeviceSpec;
 
 /// Environment variable overriding the run root (tests).
 pub const RUN_ROOT_ENV: &str = "SNAPBLK_RUN_DIR";

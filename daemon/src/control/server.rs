@@ -2,7 +2,8 @@
 //! on connections, bounded line length and read/write timeouts: a slow or
 //! hostile client can waste one thread, never stall device I/O.
 
-use super::protocol::{encode, read_line_bounded, Reply, Request, MAX_LINE};
+use super::protocol::{read_line_bounded, Reply, ReplyLine, Request, MAX_LINE, PROTOCOL_VERSION};
+use super::{Answer, Failure, FailureKind};
 use crate::Error;
 use std::io::{BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -33,13 +34,13 @@ pub struct Peer {
 /// Executes validated requests.
 pub trait Handler: Send + Sync + 'static {
     /// Runs `req` for `peer`; `progress(done, total)` may be called any number
-    /// of times. The error string is shown to the user as is.
+    /// of times.
     fn handle(
         &self,
         req: Request,
         peer: Peer,
         progress: &(dyn Fn(u64, u64) + Sync),
-    ) -> Result<serde_json::Value, String>;
+    ) -> Result<Answer, Failure>;
 }
 
 /// A listening control socket.
@@ -127,10 +128,10 @@ fn accept_loop(
         let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
-            let _ = stream.write_all(&encode(&Reply::Error {
-                message: format!(
+            let _ = stream.write_all(&reply_line(Reply::Error {
+                failure: Failure::other(format!(
                     "daemon busy: more than {MAX_CONNECTIONS} control connections; retry later"
-                ),
+                )),
             }));
             continue;
         }
@@ -175,27 +176,35 @@ pub fn peer_of(stream: &UnixStream) -> Option<Peer> {
     })
 }
 
+/// One reply as a line of this protocol version.
+fn reply_line(reply: Reply) -> Vec<u8> {
+    super::protocol::encode(&ReplyLine {
+        version: PROTOCOL_VERSION,
+        reply,
+    })
+}
+
+fn error(failure: Failure) -> Reply {
+    Reply::Error { failure }
+}
+
 fn serve_connection(stream: UnixStream, handler: &Weak<dyn Handler>, allowed_uid: u32) {
     let mut writer = match stream.try_clone() {
         Ok(w) => w,
         Err(_) => return,
     };
-    let send = |w: &mut UnixStream, r: &Reply| w.write_all(&encode(r)).is_ok();
+    let send = |w: &mut UnixStream, r: Reply| w.write_all(&reply_line(r)).is_ok();
     let Some(peer) = peer_of(&stream) else {
         send(
             &mut writer,
-            &Reply::Error {
-                message: "cannot identify the peer process".into(),
-            },
+            error(Failure::other("cannot identify the peer process")),
         );
         return;
     };
     if peer.uid != allowed_uid && peer.uid != 0 {
         send(
             &mut writer,
-            &Reply::Error {
-                message: "permission denied: run snapblk as root".into(),
-            },
+            error(Failure::new(FailureKind::NotRoot, "permission denied")),
         );
         return;
     }
@@ -205,21 +214,16 @@ fn serve_connection(stream: UnixStream, handler: &Weak<dyn Handler>, allowed_uid
             Ok(Some(l)) => l,
             Ok(None) => return,
             Err(e) => {
-                send(
-                    &mut writer,
-                    &Reply::Error {
-                        message: e.to_string(),
-                    },
-                );
+                send(&mut writer, error(Failure::other(e.to_string())));
                 return;
             }
         };
         let reply = match (Request::decode(&line), handler.upgrade()) {
-            (Err(message), _) => Reply::Error { message },
-            (Ok(_), None) => Reply::Error {
-                message: "the daemon is shutting down; retry once it is back (`snapblk list`)"
-                    .into(),
-            },
+            (Err(failure), _) => error(failure),
+            (Ok(_), None) => error(Failure::new(
+                FailureKind::ShuttingDown,
+                "the daemon is shutting down",
+            )),
             (Ok(req), Some(handler)) => {
                 tracing::info!(?req, pid = peer.pid, "control request");
                 // The first progress line goes out at once.
@@ -231,7 +235,7 @@ fn serve_connection(stream: UnixStream, handler: &Weak<dyn Handler>, allowed_uid
                         g.1 = Some(Instant::now());
                         if let Some(s) = g.0.as_mut() {
                             // A client that stopped reading only loses progress.
-                            if s.write_all(&encode(&Reply::Progress { done, total }))
+                            if s.write_all(&reply_line(Reply::Progress { done, total }))
                                 .is_err()
                             {
                                 g.0 = None;
@@ -240,12 +244,14 @@ fn serve_connection(stream: UnixStream, handler: &Weak<dyn Handler>, allowed_uid
                     }
                 };
                 match handler.handle(req, peer, &progress) {
-                    Ok(result) => Reply::Ok { result },
-                    Err(message) => Reply::Error { message },
+                    Ok(answer) => Reply::Ok {
+                        answer: Box::new(answer),
+                    },
+                    Err(failure) => error(failure),
                 }
             }
         };
-        if !send(&mut writer, &reply) {
+        if !send(&mut writer, reply) {
             return;
         }
     }
@@ -254,6 +260,7 @@ fn serve_connection(stream: UnixStream, handler: &Weak<dyn Handler>, allowed_uid
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::answer::{Deleted, Restored};
     use crate::control::client::Client;
 
     struct Echo;
@@ -263,16 +270,32 @@ mod tests {
             req: Request,
             peer: Peer,
             progress: &(dyn Fn(u64, u64) + Sync),
-        ) -> Result<serde_json::Value, String> {
+        ) -> Result<Answer, Failure> {
             match req {
                 Request::Restore { name } => {
                     for i in 1..=3 {
                         progress(i, 3);
                     }
-                    Ok(serde_json::json!({ "restored": name }))
+                    Ok(Answer::Restored(Restored {
+                        restored: name.clone(),
+                        elapsed_secs: 0.5,
+                        report: snapmap::RestoreReport {
+                            snapshot: name,
+                            pre_restore: "pre".into(),
+                            resumed: false,
+                            blocks: 3,
+                            written: 2,
+                            skipped: 1,
+                        },
+                    }))
                 }
-                Request::SnapshotDelete { name } => Err(format!("snapshot {name} not found")),
-                _ => Ok(serde_json::json!({ "pid": peer.pid })),
+                Request::SnapshotDelete { name } => Err(Failure::new(
+                    FailureKind::NoSuchSnapshot,
+                    format!("snapshot {name} not found"),
+                )),
+                _ => Ok(Answer::Deleted(Deleted {
+                    deleted: peer.pid.to_string(),
+                })),
             }
         }
     }
@@ -289,7 +312,10 @@ mod tests {
 
         let client = Client::new(&path);
         let r = client.call(&Request::Status, &mut |_, _| {}).unwrap();
-        assert_eq!(r["pid"], std::process::id());
+        assert!(
+            matches!(&r, Answer::Deleted(d) if d.deleted == std::process::id().to_string()),
+            "{r:?}"
+        );
 
         let mut seen = vec![];
         let r = client
@@ -297,7 +323,10 @@ mod tests {
                 seen.push((d, t))
             })
             .unwrap();
-        assert_eq!(r["restored"], "s1");
+        assert!(
+            matches!(&r, Answer::Restored(x) if x.restored == "s1" && x.report.written == 2),
+            "{r:?}"
+        );
         assert_eq!(seen.last(), Some(&(3, 3)));
 
         let e = client
@@ -309,6 +338,10 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().contains("snapshot nope not found"), "{e}");
+        assert!(
+            matches!(&e, Error::Remote(f) if f.kind == FailureKind::NoSuchSnapshot),
+            "{e:?}"
+        );
         server.stop();
         assert!(!path.exists());
     }
@@ -322,14 +355,28 @@ mod tests {
         let server = Server::start(&path, Arc::new(Echo), unsafe { libc::geteuid() }).unwrap();
 
         let mut s = UnixStream::connect(&path).unwrap();
-        s.write_all(b"{\"op\":\"nuke\"}\n").unwrap();
+        s.write_all(b"{\"version\":2,\"request\":{\"op\":\"nuke\"}}\n")
+            .unwrap();
         let mut line = String::new();
         BufReader::new(s.try_clone().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let reply: Reply = serde_json::from_str(&line).unwrap();
+        let reply: ReplyLine = serde_json::from_str(&line).unwrap();
         assert!(
-            matches!(reply, Reply::Error { ref message } if message.contains("malformed")),
+            matches!(reply.reply, Reply::Error { ref failure } if failure.message.contains("malformed")),
+            "{line}"
+        );
+
+        // A request of another protocol version gets the version failure, in the shape
+        // every version keeps.
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"{\"op\":\"status\"}\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.contains(r#""kind":{"code":"version","daemon":2}"#),
             "{line}"
         );
 
@@ -346,7 +393,7 @@ mod tests {
         let r = Client::new(&path)
             .call(&Request::Status, &mut |_, _| {})
             .unwrap();
-        assert!(r.get("pid").is_some());
+        assert!(matches!(r, Answer::Deleted(_)), "{r:?}");
         server.stop();
     }
 
@@ -361,7 +408,7 @@ mod tests {
         let server = Server::start(&path, as_dyn, unsafe { libc::geteuid() }).unwrap();
         let mut idle = UnixStream::connect(&path).unwrap();
         // Make sure the connection thread exists before stopping.
-        idle.write_all(&encode(&Request::Status)).unwrap();
+        idle.write_all(&Request::Status.line()).unwrap();
         let mut line = String::new();
         let mut r = BufReader::new(idle.try_clone().unwrap());
         r.read_line(&mut line).unwrap();
@@ -372,7 +419,7 @@ mod tests {
             "only the test holds the handler now"
         );
         drop(handler);
-        idle.write_all(&encode(&Request::Status)).unwrap();
+        idle.write_all(&Request::Status.line()).unwrap();
         line.clear();
         r.read_line(&mut line).unwrap();
         assert!(line.contains("shutting down"), "{line}");

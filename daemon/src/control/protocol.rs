@@ -1,20 +1,22 @@
 //! Wire types of the control socket and their validation.
 //!
-//! One JSON object per line. A restore, as the CLI sends it and the daemon
-//! answers (progress lines are rate-limited and optional):
+//! One JSON object per line, each carrying the protocol version. A restore, as the
+//! CLI sends it and the daemon answers (progress lines are rate-limited and optional):
 //!
 //! ```text
-//! -> {"op":"restore","name":"before-upgrade"}
-//! <- {"type":"progress","done":512,"total":2048}
-//! <- {"type":"ok","result":{"restored":"before-upgrade","secs":0.4,"report":{...}}}
+//! -> {"version":2,"request":{"op":"restore","name":"before-upgrade"}}
+//! <- {"version":2,"type":"progress","done":512,"total":2048}
+//! <- {"version":2,"type":"ok","answer":{"kind":"restored","value":{"restored":"before-upgrade","elapsed_secs":0.4,"report":{...}}}}
 //! ```
 //!
-//! Errors end the exchange with `{"type":"error","message":"..."}`, the
-//! message naming the object and the fix.
-//!
-//! New verb groups (shipping) add variants to [`Request`]; the framing
-//! ([`encode`], [`read_line_bounded`]) stays the same.
+//! Errors end the exchange with `{"version":2,"type":"error","failure":{"message":"...","kind":{"code":"..."}}}`:
+//! the message says what failed and where, the kind lets the CLI add what to do.
+//! Requests, [`Answer`]s and [`Failure`]s are typed once, here, and used by both ends;
+//! durations are float seconds (fields named `*_secs`).
 
+#[cfg(test)]
+use super::FailureKind;
+use super::{Answer, Failure};
 use crate::Error;
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
@@ -154,9 +156,34 @@ fn validate_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// One reply line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// The version of this protocol. Both sides send it on every line; a client and a daemon
+/// of different versions fail with one clear line ([`Error::Version`]) instead of a parse
+/// error. Bump it whenever a request, answer or failure changes shape.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// One request line: the protocol version and the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLine {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// What is asked.
+    pub request: Request,
+}
+
+/// One reply line: the protocol version and the reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplyLine {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The reply.
+    #[serde(flatten)]
+    pub reply: Reply,
+}
+
+/// One reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
     /// Progress of a long request, in blocks.
     Progress {
@@ -165,15 +192,15 @@ pub enum Reply {
         /// Blocks in total.
         total: u64,
     },
-    /// Final success, with a request-specific result.
+    /// Final success.
     Ok {
-        /// The result.
-        result: serde_json::Value,
+        /// The answer, typed per request (boxed: answers are much larger than progress).
+        answer: Box<Answer>,
     },
-    /// Final failure; the message names the object and the fix.
+    /// Final failure.
     Error {
-        /// What went wrong.
-        message: String,
+        /// What went wrong, and of which kind.
+        failure: Failure,
     },
 }
 
@@ -226,12 +253,28 @@ impl Request {
         }
     }
 
-    /// Parses and validates one request line.
-    pub fn decode(line: &str) -> Result<Request, String> {
-        let req: Request =
-            serde_json::from_str(line.trim_end()).map_err(|e| format!("malformed request: {e}"))?;
-        req.validate()?;
-        Ok(req)
+    /// This request as one line of the current protocol version.
+    pub fn line(&self) -> Vec<u8> {
+        encode(&RequestLine {
+            version: PROTOCOL_VERSION,
+            request: self.clone(),
+        })
+    }
+
+    /// Parses and validates one request line. A line of another protocol version (or
+    /// none: an older client) is refused with a [`FailureKind::Version`] failure, whose
+    /// shape every version keeps, so that client can say so in one line.
+    pub fn decode(line: &str) -> Result<Request, Failure> {
+        let v: serde_json::Value = serde_json::from_str(line.trim_end())
+            .map_err(|e| Failure::other(format!("malformed request: {e}")))?;
+        let theirs = v.get("version").and_then(serde_json::Value::as_u64);
+        if theirs != Some(u64::from(PROTOCOL_VERSION)) {
+            return Err(Failure::version(theirs));
+        }
+        let line: RequestLine = serde_json::from_value(v)
+            .map_err(|e| Failure::other(format!("malformed request: {e}")))?;
+        line.request.validate().map_err(Failure::other)?;
+        Ok(line.request)
     }
 }
 
@@ -240,7 +283,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // Serializing these plain types cannot fail; fall back to an error line
     // rather than panic.
     let mut v = serde_json::to_vec(msg).unwrap_or_else(|e| {
-        format!(r#"{{"type":"error","message":"encode failed: {e}"}}"#).into_bytes()
+        format!(
+            r#"{{"version":{PROTOCOL_VERSION},"type":"error","failure":{{"message":"encode failed: {e}","kind":{{"code":"other"}}}}}}"#
+        )
+        .into_bytes()
     });
     v.push(b'\n');
     v
@@ -283,6 +329,11 @@ pub fn read_line_bounded<R: BufRead>(r: &mut R, max: usize) -> Result<Option<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request body as a line of this protocol version.
+    fn v2(request: &str) -> String {
+        format!(r#"{{"version":{PROTOCOL_VERSION},"request":{request}}}"#)
+    }
 
     #[test]
     fn requests_round_trip() {
@@ -327,7 +378,7 @@ mod tests {
             Request::ShipStatus,
         ];
         for r in reqs {
-            let line = String::from_utf8(encode(&r)).unwrap();
+            let line = String::from_utf8(r.line()).unwrap();
             assert!(line.ends_with('\n'));
             assert_eq!(Request::decode(&line).unwrap(), r);
         }
@@ -335,10 +386,13 @@ mod tests {
 
     #[test]
     fn wire_format_is_tagged_by_op() {
-        let line =
-            String::from_utf8(encode(&Request::SnapshotCreate { name: "s1".into() })).unwrap();
-        assert_eq!(line, "{\"op\":\"snapshot_create\",\"name\":\"s1\"}\n");
-        let r = Request::decode(r#"{"op":"diff","from":"a","to":null}"#).unwrap();
+        let line = String::from_utf8(Request::SnapshotCreate { name: "s1".into() }.line()).unwrap();
+        assert_eq!(
+            line,
+            "{\"version\":2,\"request\":{\"op\":\"snapshot_create\",\"name\":\"s1\"}}\n"
+        );
+        let r = Request::decode(r#"{"version":2,"request":{"op":"diff","from":"a","to":null}}"#)
+            .unwrap();
         assert_eq!(
             r,
             Request::Diff {
@@ -350,19 +404,24 @@ mod tests {
 
     #[test]
     fn bad_requests_are_rejected_with_reason() {
-        assert!(Request::decode("{").unwrap_err().contains("malformed"));
-        assert!(Request::decode(r#"{"op":"format_disk"}"#)
+        assert!(Request::decode("{")
             .unwrap_err()
+            .message
             .contains("malformed"));
-        let e = Request::decode(r#"{"op":"snapshot_create","name":"../etc"}"#).unwrap_err();
-        assert!(e.contains("invalid snapshot name"), "{e}");
-        let e = Request::decode(r#"{"op":"snapshot_create","name":"a b"}"#).unwrap_err();
-        assert!(e.contains("invalid snapshot name \"a b\""), "{e}");
+        assert!(Request::decode(&v2(r#"{"op":"format_disk"}"#))
+            .unwrap_err()
+            .message
+            .contains("malformed"));
+        let e = Request::decode(&v2(r#"{"op":"snapshot_create","name":"../etc"}"#)).unwrap_err();
+        assert!(e.message.contains("invalid snapshot name"), "{e}");
+        let e = Request::decode(&v2(r#"{"op":"snapshot_create","name":"a b"}"#)).unwrap_err();
+        assert!(e.message.contains("invalid snapshot name \"a b\""), "{e}");
         let long = "x".repeat(201);
-        let e = Request::decode(&format!(r#"{{"op":"restore","name":"{long}"}}"#)).unwrap_err();
-        assert!(e.contains("1-200 characters"), "{e}");
-        let e = Request::decode(r#"{"op":"export","name":"a","to":"rel.img"}"#).unwrap_err();
-        assert!(e.contains("absolute"), "{e}");
+        let e =
+            Request::decode(&v2(&format!(r#"{{"op":"restore","name":"{long}"}}"#))).unwrap_err();
+        assert!(e.message.contains("1-200 characters"), "{e}");
+        let e = Request::decode(&v2(r#"{"op":"export","name":"a","to":"rel.img"}"#)).unwrap_err();
+        assert!(e.message.contains("absolute"), "{e}");
     }
 
     #[test]
@@ -389,7 +448,7 @@ mod tests {
             r#"{"op":"ship_start","url":"file:///x","interval_ms":5,"secrets":{}}"#,
         )
         .unwrap_err();
-        assert!(e.contains("100ms"), "{e}");
+        assert!(e.message.contains("100ms"), "{e}");
     }
 
     #[test]
@@ -397,14 +456,37 @@ mod tests {
         for r in [
             Reply::Progress { done: 1, total: 2 },
             Reply::Ok {
-                result: serde_json::json!({"a": 1}),
+                answer: Box::new(Answer::Snapshots(vec![])),
             },
             Reply::Error {
-                message: "no".into(),
+                failure: Failure::other("no"),
             },
         ] {
-            let line = String::from_utf8(encode(&r)).unwrap();
-            assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), r);
+            let line = String::from_utf8(encode(&ReplyLine {
+                version: PROTOCOL_VERSION,
+                reply: r.clone(),
+            }))
+            .unwrap();
+            let back: ReplyLine = serde_json::from_str(&line).unwrap();
+            assert_eq!(back.version, PROTOCOL_VERSION);
+            assert_eq!(format!("{:?}", back.reply), format!("{r:?}"));
+        }
+    }
+
+    #[test]
+    fn requests_of_another_version_get_the_version_failure() {
+        for line in [
+            r#"{"op":"status"}"#,
+            r#"{"version":1,"request":{"op":"status"}}"#,
+        ] {
+            let f = Request::decode(line).unwrap_err();
+            assert_eq!(
+                f.kind,
+                FailureKind::Version {
+                    daemon: PROTOCOL_VERSION
+                },
+                "{line}"
+            );
         }
     }
 

@@ -4,20 +4,21 @@
 //! engine (checkpoint), delete the device, remove the run directory.
 
 use crate::busy;
-use crate::control::ops::engine_request;
+use crate::control::answer::{DeviceInfo, Exported, StatusAnswer, Stopping};
+use crate::control::ops::{engine_request, engine_status};
 use crate::control::server::{Handler, Peer, Server};
-use crate::control::Request;
-use crate::device::{self, Attach};
-use crate::io_op::{IoBackend, IoStats};
+use crate::control::{Answer, Failure, FailureKind, Request};
 use crate::rundir::RunDir;
-use crate::ship::Ships;
-use crate::{DeviceSpec, Error};
-use serde_json::{json, Value};
+use crate::schedules::Ships;
+use crate::Error;
 use snapmap::{Engine, OpenOptions};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use ublk_target::device::{self, Attach};
+use ublk_target::io_op::{IoBackend, IoStats};
+use ublk_target::DeviceSpec;
 
 /// How long shutdown waits for control requests still using the engine.
 const ENGINE_RELEASE_WAIT: Duration = Duration::from_secs(120);
@@ -306,25 +307,31 @@ impl DaemonHandler {
         format!("ublkb{}", self.id)
     }
 
-    fn status(&self) -> Result<Value, String> {
-        Ok(json!({
-            "device": {
-                "id": self.id,
-                "path": device::bdev_path(self.id),
-                "pid": std::process::id(),
-                "backing": self.spec.backing,
-                "store": self.spec.store,
-                "size": self.engine.size(),
-                "block_size": self.engine.block_size(),
-                "nr_queues": self.spec.nr_queues,
-                "depth": self.spec.depth,
-                "workers": self.spec.effective_workers(),
-                "uptime_secs": self.started.elapsed().as_secs(),
-                "state": "running",
-            },
-            "io": self.stats.snapshot(),
-            "engine": to_json(&self.engine.status())?,
-            "ship": self.ships.status()?,
+    fn status(&self) -> Answer {
+        let StatusAnswer {
+            engine,
+            ship_targets,
+            ..
+        } = engine_status(&self.engine);
+        Answer::Status(Box::new(StatusAnswer {
+            device: Some(DeviceInfo {
+                id: self.id,
+                path: device::bdev_path(self.id),
+                state: "running".into(),
+                pid: Some(std::process::id() as i32),
+                backing: Some(self.spec.backing.clone()),
+                store: Some(self.spec.store.clone()),
+                size: Some(self.engine.size()),
+                block_size: Some(self.engine.block_size()),
+                nr_queues: Some(self.spec.nr_queues),
+                depth: Some(self.spec.depth),
+                workers: Some(self.spec.effective_workers()),
+                uptime_secs: Some(self.started.elapsed().as_secs_f64()),
+            }),
+            engine,
+            io: Some(self.stats.snapshot()),
+            ship: self.ships.status(),
+            ship_targets,
         }))
     }
 
@@ -337,23 +344,19 @@ impl DaemonHandler {
     }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, String> {
-    serde_json::to_value(v).map_err(|e| format!("encode reply: {e}"))
-}
-
 impl Handler for DaemonHandler {
     fn handle(
         &self,
         req: Request,
         peer: Peer,
         progress: &(dyn Fn(u64, u64) + Sync),
-    ) -> Result<Value, String> {
+    ) -> Result<Answer, Failure> {
         match req {
-            Request::Status => self.status(),
+            Request::Status => Ok(self.status()),
             Request::Restore { .. } => {
                 let _one = self.exclusive.lock().unwrap_or_else(|p| p.into_inner());
-                let claim =
-                    busy::claim(&self.dev_name(), "restore").map_err(|err| err.to_string())?;
+                let claim = busy::claim(&self.dev_name(), "restore")
+                    .map_err(|err| Failure::new(err.kind(), err.to_string()))?;
                 let res = engine_request(&self.engine, &req, progress);
                 // Dropping the claim flushes the device's page cache, so the
                 // next reader sees the restored blocks.
@@ -367,22 +370,32 @@ impl Handler for DaemonHandler {
                     to: self.export_path(peer, &to),
                 };
                 engine_request(&self.engine, &resolved, progress)?;
-                Ok(json!({ "exported": name, "to": to }))
+                Ok(Answer::Exported(Exported { exported: name, to }))
             }
             Request::Shutdown => {
-                device::stop(self.id).map_err(|err| err.to_string())?;
-                Ok(json!({ "stopping": self.id, "at": unix_now() }))
+                device::stop(self.id)
+                    .map_err(|err| Failure::new(FailureKind::Other, err.to_string()))?;
+                Ok(Answer::Stopping(Stopping {
+                    stopping: self.id,
+                    at: unix_now(),
+                }))
             }
-            Request::ShipOnce { url, secrets } => self.ships.once(&url, secrets, progress),
+            Request::ShipOnce { url, secrets } => self
+                .ships
+                .once(&url, secrets, progress)
+                .map(Answer::Shipped),
             Request::ShipStart {
                 url,
                 interval_ms,
                 secrets,
             } => self
                 .ships
-                .start(&url, Duration::from_millis(interval_ms), secrets),
-            Request::ShipControl { url, action } => self.ships.control(&url, action),
-            Request::ShipStatus => self.ships.status(),
+                .start(&url, Duration::from_millis(interval_ms), secrets)
+                .map(Answer::ShipStarted),
+            Request::ShipControl { url, action } => {
+                self.ships.control(&url, action).map(Answer::ShipControlled)
+            }
+            Request::ShipStatus => Ok(Answer::ShipJobs(self.ships.status())),
             other => engine_request(&self.engine, &other, progress),
         }
     }

@@ -1,0 +1,251 @@
+//! What the daemon answers, typed once for both ends of the control socket (and for the
+//! CLI's offline forms, which run the same requests on the engine in-process). The CLI
+//! prints an answer's value as its `--json` output; durations are float seconds.
+
+use serde::{Deserialize, Serialize};
+use shipper::{PointInfo, SchedulerStats};
+use snapmap::{BlockRange, CheckReport, RestoreReport, SnapshotInfo};
+use std::path::PathBuf;
+use ublk_target::io_op::IoCounters;
+
+/// A successful reply, one variant per kind of request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Answer {
+    /// `Status`.
+    Status(Box<StatusAnswer>),
+    /// `SnapshotCreate`: the new snapshot.
+    Snapshot(SnapshotInfo),
+    /// `SnapshotList`: user snapshots, oldest first.
+    Snapshots(Vec<SnapshotInfo>),
+    /// `SnapshotDelete`.
+    Deleted(Deleted),
+    /// `Restore`.
+    Restored(Restored),
+    /// `Export`.
+    Exported(Exported),
+    /// `Diff`.
+    Diff(DiffAnswer),
+    /// `Check`.
+    Check(CheckAnswer),
+    /// `Shutdown`: the device is stopping.
+    Stopping(Stopping),
+    /// `ShipOnce`: the committed (or unchanged) point.
+    Shipped(Shipped),
+    /// `ShipStart`.
+    ShipStarted(ShipStarted),
+    /// `ShipControl`.
+    ShipControlled(ShipControlled),
+    /// `ShipStatus`: every continuous schedule.
+    ShipJobs(Vec<ShipJob>),
+}
+
+impl Answer {
+    /// The kind's name, for a message about an answer that was not the one expected.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Answer::Status(_) => "status",
+            Answer::Snapshot(_) => "snapshot",
+            Answer::Snapshots(_) => "snapshots",
+            Answer::Deleted(_) => "deleted",
+            Answer::Restored(_) => "restored",
+            Answer::Exported(_) => "exported",
+            Answer::Diff(_) => "diff",
+            Answer::Check(_) => "check",
+            Answer::Stopping(_) => "stopping",
+            Answer::Shipped(_) => "shipped",
+            Answer::ShipStarted(_) => "ship_started",
+            Answer::ShipControlled(_) => "ship_controlled",
+            Answer::ShipJobs(_) => "ship_jobs",
+        }
+    }
+}
+
+/// A device as `status` and `list` show it: from its running daemon, or from its run
+/// directory when the daemon is gone (then only the first six fields are known).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub id: u32,
+    /// `/dev/ublkbN`.
+    pub path: PathBuf,
+    /// `running`, or what is wrong with a device whose daemon is gone.
+    pub state: String,
+    /// The daemon's pid, when recorded.
+    pub pid: Option<i32>,
+    /// Backing file or disk, when the run directory records it.
+    pub backing: Option<PathBuf>,
+    /// Store, when the run directory records it.
+    pub store: Option<PathBuf>,
+    /// Origin size in bytes (running daemons only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Tracking block size (running daemons only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// Hardware queues (running daemons only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nr_queues: Option<u16>,
+    /// Queue depth (running daemons only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u16>,
+    /// Engine worker threads (running daemons only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Seconds since the daemon started serving (running daemons only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<f64>,
+}
+
+/// A ship target this store has shipped to, from the ship state files next to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipTarget {
+    /// Name prefix of the target's ship-point snapshots.
+    pub point_prefix: String,
+    /// The target URL.
+    pub target: String,
+}
+
+/// `status`: the device (absent offline), its I/O counters (absent offline), the engine
+/// (absent when the daemon is gone), continuous schedules and known ship targets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    /// The device.
+    pub device: Option<DeviceInfo>,
+    /// Engine status.
+    pub engine: Option<snapmap::Status>,
+    /// Device I/O counters.
+    pub io: Option<IoCounters>,
+    /// Continuous shipping schedules running in the daemon.
+    #[serde(default)]
+    pub ship: Vec<ShipJob>,
+    /// Targets the store has shipped to (labels its ship points).
+    #[serde(default)]
+    pub ship_targets: Vec<ShipTarget>,
+}
+
+impl StatusAnswer {
+    /// The ship target whose point the snapshot `name` is, if known.
+    pub fn target_of(&self, name: &str) -> Option<&str> {
+        self.ship_targets
+            .iter()
+            .find(|t| name.starts_with(t.point_prefix.as_str()))
+            .map(|t| t.target.as_str())
+    }
+}
+
+/// `snapshot delete`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deleted {
+    /// The deleted snapshot.
+    pub deleted: String,
+}
+
+/// `restore`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Restored {
+    /// The snapshot restored.
+    pub restored: String,
+    /// Wall time of the restore.
+    pub elapsed_secs: f64,
+    /// What it wrote and skipped.
+    pub report: RestoreReport,
+}
+
+/// `export`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Exported {
+    /// The snapshot exported.
+    pub exported: String,
+    /// The image written, as the requester named it.
+    pub to: PathBuf,
+}
+
+/// `diff`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiffAnswer {
+    /// Older snapshot.
+    pub from: String,
+    /// Newer snapshot; `None` is the live image.
+    pub to: Option<String>,
+    /// Block size of the ranges.
+    pub block_size: u32,
+    /// Blocks in all ranges.
+    pub changed_blocks: u64,
+    /// Changed block ranges, ascending.
+    pub ranges: Vec<BlockRange>,
+}
+
+/// `check`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckAnswer {
+    /// What the check found.
+    #[serde(flatten)]
+    pub report: CheckReport,
+    /// No problems.
+    pub ok: bool,
+    /// Damage that opening the store worked around (a superblock copy or checkpoint that
+    /// failed to verify): consistent, but with lost redundancy until it is rewritten.
+    pub repaired: Vec<String>,
+    /// Whether that damage is still on disk (an offline read-only open cannot rewrite
+    /// it). Set by the CLI, which knows how the store was opened.
+    #[serde(default)]
+    pub repair_pending: bool,
+}
+
+/// `delete` of a running device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stopping {
+    /// The device stopping.
+    pub stopping: u32,
+    /// When the stop was asked, seconds since the epoch.
+    pub at: u64,
+}
+
+/// `ship --once`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shipped {
+    /// The point.
+    #[serde(flatten)]
+    pub point: PointInfo,
+    /// The target, canonically spelt.
+    pub url: String,
+    /// The ship state file of (store, target).
+    pub state_file: PathBuf,
+}
+
+/// `ship --interval`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShipStarted {
+    /// The target.
+    pub url: String,
+    /// False when a running schedule was retuned (and resumed) instead.
+    pub started: bool,
+    /// The interval now in force.
+    pub interval_secs: f64,
+    /// The ship state file of (store, target).
+    pub state_file: PathBuf,
+}
+
+/// `ship --pause | --resume | --stop`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShipControlled {
+    /// The target.
+    pub url: String,
+    /// What was done.
+    pub action: super::ShipAction,
+    /// The schedule's statistics after it.
+    pub stats: SchedulerStats,
+}
+
+/// One continuous shipping schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShipJob {
+    /// The target.
+    pub url: String,
+    /// The ship state file of (store, target).
+    pub state_file: PathBuf,
+    /// The scheduler's statistics.
+    #[serde(flatten)]
+    pub stats: SchedulerStats,
+}
