@@ -6,6 +6,25 @@ use crate::size::{parse_block_size, parse_duration, parse_size};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// `--adopt` of every verb that opens a store offline (`-h` line).
+const ADOPT_HELP: &str = "Bind a moved or copied store to this backing file";
+
+/// `--adopt` (`--help` text).
+const ADOPT_LONG_HELP: &str = "\
+Bind a moved or copied store to this backing file
+
+A store records the path and inode of its backing file and refuses any other, so
+that a store is never used with the wrong disk. After moving or copying the pair
+(e.g. `cp a.img a.img.snapstore /new/`) both differ and the store is refused:
+--adopt accepts it and records the backing's new path in the store (a superblock
+write, also for verbs that otherwise only read), so later commands need no flag.
+Safe only when the store was moved or copied together with this very backing file
+and the backing was not written since without a snapblk daemon; otherwise the
+snapshots describe another disk and their content is silently wrong.";
+
+/// `ship --to` and `remote ... --from`.
+const TARGET_URL_HELP: &str = "Target URL: file:///DIR, s3://BUCKET/PREFIX or peer://HOST:PORT";
+
 /// Snapshots, rollback and off-site shipping for a Linux block device
 ///
 /// snapblk puts a userspace block device (/dev/ublkbN, on the kernel's ublk driver)
@@ -199,17 +218,7 @@ pub struct Target {
     /// Offline: the store (default: <backing>.snapstore).
     #[arg(long, value_name = "PATH", requires = "backing")]
     pub store: Option<PathBuf>,
-    /// Bind a moved or copied store to this backing file
-    ///
-    /// A store records the path and inode of its backing file and refuses any other, so
-    /// that a store is never used with the wrong disk. After moving or copying the pair
-    /// (e.g. `cp a.img a.img.snapstore /new/`) both differ and the store is refused:
-    /// --adopt accepts it and records the backing's new path in the store (a superblock
-    /// write, also for verbs that otherwise only read), so later commands need no flag.
-    /// Safe only when the store was moved or copied together with this very backing file
-    /// and the backing was not written since without a snapblk daemon; otherwise the
-    /// snapshots describe another disk and their content is silently wrong.
-    #[arg(long, requires = "backing", verbatim_doc_comment)]
+    #[arg(long, requires = "backing", help = ADOPT_HELP, long_help = ADOPT_LONG_HELP)]
     pub adopt: bool,
 }
 
@@ -251,17 +260,7 @@ pub struct CreateArgs {
     /// again replaces it.
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub max_store: Option<u64>,
-    /// Bind a moved or copied store to this backing file
-    ///
-    /// A store records the path and inode of its backing file and refuses any other, so
-    /// that a store is never used with the wrong disk. After moving or copying the pair
-    /// (e.g. `cp a.img a.img.snapstore /new/`) both differ and the store is refused:
-    /// --adopt accepts it and records the backing's new path in the store (a superblock
-    /// write, also for verbs that otherwise only read), so later commands need no flag.
-    /// Safe only when the store was moved or copied together with this very backing file
-    /// and the backing was not written since without a snapblk daemon; otherwise the
-    /// snapshots describe another disk and their content is silently wrong.
-    #[arg(long, verbatim_doc_comment)]
+    #[arg(long, help = ADOPT_HELP, long_help = ADOPT_LONG_HELP)]
     pub adopt: bool,
 }
 
@@ -277,17 +276,7 @@ pub struct StatusArgs {
     /// Offline: the store (default: <backing>.snapstore).
     #[arg(long, value_name = "PATH", requires = "backing")]
     pub store: Option<PathBuf>,
-    /// Bind a moved or copied store to this backing file
-    ///
-    /// A store records the path and inode of its backing file and refuses any other, so
-    /// that a store is never used with the wrong disk. After moving or copying the pair
-    /// (e.g. `cp a.img a.img.snapstore /new/`) both differ and the store is refused:
-    /// --adopt accepts it and records the backing's new path in the store (a superblock
-    /// write, also for verbs that otherwise only read), so later commands need no flag.
-    /// Safe only when the store was moved or copied together with this very backing file
-    /// and the backing was not written since without a snapblk daemon; otherwise the
-    /// snapshots describe another disk and their content is silently wrong.
-    #[arg(long, requires = "backing", verbatim_doc_comment)]
+    #[arg(long, requires = "backing", help = ADOPT_HELP, long_help = ADOPT_LONG_HELP)]
     pub adopt: bool,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -424,8 +413,7 @@ pub struct CredArgs {
 pub struct ShipArgs {
     #[command(flatten)]
     pub target: Target,
-    /// Target URL: file:///DIR, s3://BUCKET/PREFIX or peer://HOST:PORT.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", help = TARGET_URL_HELP)]
     pub to: String,
     /// Time between points of continuous shipping (e.g. 30s, 5m).
     #[arg(long, value_parser = parse_duration, value_name = "DUR", conflicts_with_all = ["once", "pause", "stop"])]
@@ -468,8 +456,7 @@ pub struct ReceiveArgs {
 /// `--from URL` and credentials of a remote verb.
 #[derive(Debug, Args)]
 pub struct RemoteFrom {
-    /// Target URL: file:///DIR, s3://BUCKET/PREFIX or peer://HOST:PORT.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", help = TARGET_URL_HELP)]
     pub from: String,
     #[command(flatten)]
     pub creds: CredArgs,
