@@ -21,7 +21,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
 use sha2::Sha256;
-use shipper::peer::{PEER_MAGIC, PEER_VERSION};
+use shipper::targets::peer::{PEER_MAGIC, PEER_VERSION};
 use shipper::Receiver;
 
 const KEY: &[u8] = b"snapblk-fuzz-peer-key-0123456789";
@@ -59,7 +59,7 @@ fn read_reply(s: &mut TcpStream) -> Option<u8> {
         "receiver sent a frame of {len} bytes, below the minimum"
     );
     assert!(
-        len <= shipper::peer::MAX_FRAME as usize,
+        len <= shipper::targets::peer::MAX_FRAME as usize,
         "receiver sent a frame of {len} bytes, above MAX_FRAME"
     );
     let mut body = vec![0u8; len];

@@ -1,7 +1,7 @@
 //! Credentials for S3 and peer targets: from the environment or a config file, never argv.
 
 use crate::error::{Error, Result};
-use crate::target::Retry;
+use crate::targets::Retry;
 use std::fmt;
 use std::path::Path;
 

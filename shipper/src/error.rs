@@ -1,6 +1,6 @@
 //! Typed errors of the shipper library.
 
-use crate::target::TargetError;
+use crate::targets::TargetError;
 
 /// Result alias used across the shipper.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -35,30 +35,29 @@
 
 pub mod credentials;
 pub mod error;
-pub mod file;
 pub mod format;
-pub mod peer;
+pub mod receiver;
 pub mod remote;
-pub mod s3;
 pub mod scheduler;
 pub mod secs;
 pub mod ship;
 pub mod source;
 pub mod state;
-pub mod target;
+pub mod targets;
 pub mod url;
 
 pub use credentials::Credentials;
 pub use error::{Error, Result, SourceError};
-pub use file::FileTarget;
-pub use peer::{receive, PeerTarget, Receiver, StopHandle};
+pub use receiver::{receive, Receiver, StopHandle};
 pub use remote::{
     remote_list, remote_prune, remote_restore, remote_verify, PointSel, PruneReport, RemotePoint,
     RestoreReport, VerifyReport,
 };
-pub use s3::S3Target;
 pub use scheduler::{Scheduler, SchedulerStats};
 pub use ship::{ship_once, PointInfo, ShipOptions};
 pub use source::{MemSource, PointSource};
-pub use target::{Retry, Retrying, Target, TargetError, TargetErrorKind};
+pub use targets::file::FileTarget;
+pub use targets::peer::PeerTarget;
+pub use targets::s3::S3Target;
+pub use targets::{Retry, Retrying, Target, TargetError, TargetErrorKind};
 pub use url::{existing_target_from_url, target_from_url, TargetUrl};

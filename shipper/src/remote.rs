@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::{self, decode_segment, DecodedSegment, Manifest, Record, SegmentBuilder};
-use crate::target::{publish, Target};
+use crate::targets::{publish, Target};
 use roaring::RoaringBitmap;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -227,7 +227,7 @@ fn fetch_segment(
     let s = &m.segments[idx];
     let key = format::segment_key(m.seq, m.gen, s.index, &s.sha256);
     let obj = target.get(&key, format::MAX_SEGMENT_OBJECT).map_err(|e| {
-        if e.kind == crate::target::TargetErrorKind::NotFound {
+        if e.kind == crate::targets::TargetErrorKind::NotFound {
             Error::corrupt(&key, format!("segment of point {} is missing", m.seq))
         } else {
             Error::Target(e)
@@ -517,7 +517,7 @@ pub fn remote_verify(target: &dyn Target) -> Result<VerifyReport> {
                                     }
                                     Err(Error::Target(t))
                                         if t.is_transient()
-                                            || t.kind == crate::target::TargetErrorKind::Auth =>
+                                            || t.kind == crate::targets::TargetErrorKind::Auth =>
                                     {
                                         return Err(Error::Target(t))
                                     }

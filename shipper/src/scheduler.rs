@@ -4,7 +4,7 @@
 use crate::remote::remote_prune;
 use crate::ship::{ship_once, PointInfo, ShipOptions};
 use crate::source::PointSource;
-use crate::target::Target;
+use crate::targets::Target;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -5,7 +5,7 @@ use crate::format::{self, EncodedSegment, Manifest, SegmentBuilder};
 use crate::remote;
 use crate::source::PointSource;
 use crate::state::{LocalPoint, ShipState};
-use crate::target::{publish, Target};
+use crate::targets::{publish, Target};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};

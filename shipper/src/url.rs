@@ -11,10 +11,10 @@
 
 use crate::credentials::Credentials;
 use crate::error::{Error, Result};
-use crate::file::FileTarget;
-use crate::peer::PeerTarget;
-use crate::s3::S3Target;
-use crate::target::{Retrying, Target};
+use crate::targets::file::FileTarget;
+use crate::targets::peer::PeerTarget;
+use crate::targets::s3::S3Target;
+use crate::targets::{validate_key, Retrying, Target};
 
 /// A parsed target URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +100,7 @@ impl TargetUrl {
                     return Err(bad("bucket name must be 3-63 characters of a-z, 0-9, '-' and '.'; write s3://BUCKET/PREFIX"));
                 }
                 let prefix = prefix.trim_matches('/');
-                if !prefix.is_empty() && crate::file::validate_key(prefix).is_err() {
+                if !prefix.is_empty() && validate_key(prefix).is_err() {
                     return Err(bad("prefix must be '/'-separated parts of A-Z a-z 0-9 . _ - (no empty or dot-leading parts)"));
                 }
                 Ok(TargetUrl::S3 {

@@ -3,11 +3,11 @@
 //! Endpoint, region and keys come from [`Credentials`] (environment or config file).
 //! The signing region must equal the server's region (Garage: `s3_region`).
 //! `If-None-Match: *` is sent on every PUT for servers that honour it; Garage ignores it,
-//! so never-overwrite rests on unique keys plus the HEAD check in [`crate::target::publish`].
+//! so never-overwrite rests on unique keys plus the HEAD check in [`super::publish`].
 
+use super::{Target, TargetError, TargetErrorKind, TargetResult};
 use crate::credentials::Credentials;
 use crate::error::{Error, Result};
-use crate::target::{Target, TargetError, TargetErrorKind, TargetResult};
 use s3::error::S3Error;
 use s3::{Bucket, Region};
 use std::time::Duration;

@@ -1,24 +1,21 @@
-//! `peer://host:port` target and the matching receiver (`snapblk receive`).
+//! `peer://host:port` target: the client of a `snapblk receive` process
+//! ([`crate::receiver`]), and the wire protocol both sides speak.
 //!
 //! Wire protocol (all integers little-endian; see REMOTE-FORMAT.md, "Peer protocol"):
 //! a mutual HMAC-SHA256 challenge-response over a pre-shared key (the key never crosses
 //! the wire), then request/response frames each carrying an HMAC tag under a per-session
 //! key and a per-direction counter, so a frame cannot be forged, altered, replayed or
 //! reordered. Frames are size-limited and every socket operation has a timeout. The
-//! receiver stores objects through [`FileTarget`], so a PUT is acknowledged only after the
+//! receiver stores objects through [`super::file::FileTarget`], so a PUT is acknowledged only after the
 //! object and its directory are fsynced; the manifest (a point's commit) is the last PUT.
 //! Traffic is authenticated, not encrypted: tunnel it if the data is confidential.
 
-use crate::error::{Error, Result};
-use crate::file::{validate_key, FileTarget};
-use crate::target::{Target, TargetError, TargetErrorKind, TargetResult};
+use super::{Target, TargetError, TargetErrorKind, TargetResult};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
 use std::time::Duration;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -36,16 +33,16 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections the receiver serves at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 16;
 
-const REQ_PUT: u8 = 1;
-const REQ_GET: u8 = 2;
-const REQ_HEAD: u8 = 3;
-const REQ_LIST: u8 = 4;
-const REQ_DELETE: u8 = 5;
-const RESP_OK: u8 = 0x80;
-const RESP_ERR: u8 = 0x81;
+pub(crate) const REQ_PUT: u8 = 1;
+pub(crate) const REQ_GET: u8 = 2;
+pub(crate) const REQ_HEAD: u8 = 3;
+pub(crate) const REQ_LIST: u8 = 4;
+pub(crate) const REQ_DELETE: u8 = 5;
+pub(crate) const RESP_OK: u8 = 0x80;
+pub(crate) const RESP_ERR: u8 = 0x81;
 const TAG_LEN: usize = 32;
 
-fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut m = <HmacSha256 as Mac>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
@@ -55,7 +52,7 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-fn mac_eq(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
+pub(crate) fn mac_eq(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
     let Ok(mut m) = <HmacSha256 as Mac>::new_from_slice(key) else {
         return false;
     };
@@ -65,14 +62,14 @@ fn mac_eq(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
     m.verify_slice(tag).is_ok() // constant time
 }
 
-fn nonce() -> io::Result<[u8; 32]> {
+pub(crate) fn nonce() -> io::Result<[u8; 32]> {
     let mut n = [0u8; 32];
     getrandom::getrandom(&mut n).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
     Ok(n)
 }
 
 /// An authenticated connection: framing, tags and counters.
-struct Conn {
+pub(crate) struct Conn {
     stream: TcpStream,
     session: [u8; 32],
     send_dir: u8,
@@ -81,7 +78,26 @@ struct Conn {
 }
 
 impl Conn {
-    fn send(&mut self, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
+    /// The connection after a successful handshake of server nonce `ns` and client nonce
+    /// `nc`; `send_dir` is `b'C'` on the client, `b'S'` on the receiver. Both sides derive
+    /// the same session key, and each direction counts its own frames from zero.
+    pub(crate) fn established(
+        stream: TcpStream,
+        key: &[u8],
+        ns: &[u8],
+        nc: &[u8],
+        send_dir: u8,
+    ) -> Conn {
+        Conn {
+            stream,
+            session: mac(key, &[b"snapblk-peer session", ns, nc]),
+            send_dir,
+            send_ctr: 0,
+            recv_ctr: 0,
+        }
+    }
+
+    pub(crate) fn send(&mut self, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
         let len = 1 + payload_len + TAG_LEN;
         if len > MAX_FRAME as usize {
@@ -113,7 +129,7 @@ impl Conn {
         Ok(())
     }
 
-    fn recv(&mut self) -> io::Result<(u8, Vec<u8>)> {
+    pub(crate) fn recv(&mut self) -> io::Result<(u8, Vec<u8>)> {
         let mut lb = [0u8; 4];
         self.stream.read_exact(&mut lb)?;
         let len = u32::from_le_bytes(lb);
@@ -144,16 +160,16 @@ impl Conn {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
 /// Cursor over a received payload; every read is bounds-checked.
-struct Cur<'a>(&'a [u8]);
+pub(crate) struct Cur<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Cur<'a> {
-    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
         if self.0.len() < n {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -164,31 +180,31 @@ impl<'a> Cur<'a> {
         self.0 = b;
         Ok(a)
     }
-    fn u8(&mut self) -> io::Result<u8> {
+    pub(crate) fn u8(&mut self) -> io::Result<u8> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> io::Result<u16> {
+    pub(crate) fn u16(&mut self) -> io::Result<u16> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> io::Result<u32> {
+    pub(crate) fn u32(&mut self) -> io::Result<u32> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> io::Result<u64> {
+    pub(crate) fn u64(&mut self) -> io::Result<u64> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
-    fn str(&mut self) -> io::Result<&'a str> {
+    pub(crate) fn str(&mut self) -> io::Result<&'a str> {
         let n = self.u16()? as usize;
         std::str::from_utf8(self.take(n)?)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "key is not UTF-8"))
     }
-    fn rest(&mut self) -> &'a [u8] {
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.0)
     }
-    fn end(&self) -> io::Result<()> {
+    pub(crate) fn end(&self) -> io::Result<()> {
         if self.0.is_empty() {
             Ok(())
         } else {
@@ -200,7 +216,7 @@ impl<'a> Cur<'a> {
     }
 }
 
-fn kind_code(k: TargetErrorKind) -> u8 {
+pub(crate) fn kind_code(k: TargetErrorKind) -> u8 {
     match k {
         TargetErrorKind::NotFound => 0,
         TargetErrorKind::AlreadyExists => 1,
@@ -346,13 +362,7 @@ impl PeerTarget {
         }
         s.set_read_timeout(Some(IO_TIMEOUT)).map_err(hs)?;
         s.set_write_timeout(Some(IO_TIMEOUT)).map_err(hs)?;
-        Ok(Conn {
-            stream: s,
-            session: mac(&self.key, &[b"snapblk-peer session", &ns, &nc]),
-            send_dir: b'C',
-            send_ctr: 0,
-            recv_ctr: 0,
-        })
+        Ok(Conn::established(s, &self.key, &ns, &nc, b'C'))
     }
 
     /// One request/response; any transport failure drops the connection so the next
@@ -438,209 +448,5 @@ impl Target for PeerTarget {
         let mut h = Vec::new();
         put_str(&mut h, key);
         self.call(key, REQ_DELETE, &[&h]).map(|_| ())
-    }
-}
-
-/// The receiving end: stores what authenticated peers send into a directory laid out
-/// exactly like a `file://` target.
-pub struct Receiver {
-    listener: TcpListener,
-    store: Arc<FileTarget>,
-    key: Arc<Vec<u8>>,
-    stop: Arc<AtomicBool>,
-}
-
-/// Stops a running [`Receiver`] from another thread.
-#[derive(Clone)]
-pub struct StopHandle {
-    stop: Arc<AtomicBool>,
-    addr: SocketAddr,
-}
-
-impl StopHandle {
-    /// Asks the receiver to stop accepting; in-flight requests finish.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept().
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-    }
-}
-
-impl Receiver {
-    /// Binds `listen_addr` and prepares to store into `dir` with pre-shared `key`.
-    pub fn bind(listen_addr: &str, dir: &Path, key: Vec<u8>) -> Result<Receiver> {
-        if key.len() < 16 {
-            return Err(Error::Credentials(
-                "peer key shorter than 16 bytes; generate a longer key file".into(),
-            ));
-        }
-        let store = FileTarget::new(dir).map_err(Error::Target)?;
-        let listener = TcpListener::bind(listen_addr)
-            .map_err(|e| Error::io(listen_addr, "listen (is the port free?)", e))?;
-        Ok(Receiver {
-            listener,
-            store: Arc::new(store),
-            key: Arc::new(key),
-            stop: Arc::new(AtomicBool::new(false)),
-        })
-    }
-
-    /// The bound address (useful with port 0).
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener
-            .local_addr()
-            .map_err(|e| Error::io("listener", "local address", e))
-    }
-
-    /// A handle that stops [`Receiver::run`].
-    pub fn stop_handle(&self) -> Result<StopHandle> {
-        Ok(StopHandle {
-            stop: self.stop.clone(),
-            addr: self.local_addr()?,
-        })
-    }
-
-    /// Serves connections until stopped, each on its own thread (at most [`MAX_CONNECTIONS`]).
-    pub fn run(self) -> Result<()> {
-        let active = Arc::new(AtomicUsize::new(0));
-        for conn in self.listener.incoming() {
-            if self.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let stream = match conn {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("receiver accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            };
-            if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                tracing::warn!("receiver: refusing connection, {MAX_CONNECTIONS} already active");
-                continue;
-            }
-            active.fetch_add(1, Ordering::SeqCst);
-            let (store, key, active2) = (self.store.clone(), self.key.clone(), active.clone());
-            std::thread::spawn(move || {
-                let peer = stream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                if let Err(e) = serve(stream, &store, &key) {
-                    tracing::warn!("receiver: connection from {peer} closed: {e}");
-                }
-                active2.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Runs a receiver on `listen_addr` storing into `dir` until the process ends.
-pub fn receive(listen_addr: &str, dir: &Path, key: Vec<u8>) -> Result<()> {
-    let r = Receiver::bind(listen_addr, dir, key)?;
-    tracing::info!("receiving on {} into {}", r.local_addr()?, dir.display());
-    r.run()
-}
-
-fn serve(mut s: TcpStream, store: &FileTarget, key: &[u8]) -> io::Result<()> {
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    let ns = nonce()?;
-    let mut hello = Vec::with_capacity(44);
-    hello.extend_from_slice(PEER_MAGIC);
-    hello.extend_from_slice(&PEER_VERSION.to_le_bytes());
-    hello.extend_from_slice(&ns);
-    s.write_all(&hello)?;
-    let mut auth = [0u8; 76];
-    s.read_exact(&mut auth)?;
-    if &auth[..8] != PEER_MAGIC || auth[8..12] != PEER_VERSION.to_le_bytes() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a snapblk peer (bad greeting)",
-        ));
-    }
-    let nc = &auth[12..44];
-    if !mac_eq(key, &[b"snapblk-peer client", &ns, nc], &auth[44..76]) {
-        let _ = s.write_all(&[1u8; 33]);
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "client failed authentication (wrong key)",
-        ));
-    }
-    let mut reply = vec![0u8];
-    reply.extend_from_slice(&mac(key, &[b"snapblk-peer server", nc, &ns]));
-    s.write_all(&reply)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut conn = Conn {
-        stream: s,
-        session: mac(key, &[b"snapblk-peer session", &ns, nc]),
-        send_dir: b'S',
-        send_ctr: 0,
-        recv_ctr: 0,
-    };
-    loop {
-        let (kind, payload) = match conn.recv() {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut c = Cur(&payload);
-        let key = c.str()?;
-        if !(kind == REQ_LIST && key.is_empty()) {
-            let check = if kind == REQ_LIST {
-                key.trim_end_matches('/')
-            } else {
-                key
-            };
-            if let Err(d) = validate_key(check) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, d));
-            }
-        }
-        let result: TargetResult<Vec<u8>> = match kind {
-            REQ_PUT => store.put_new(key, c.rest()).map(|_| Vec::new()),
-            REQ_GET => {
-                let max = c.u64()?;
-                c.end()?;
-                store.get(key, max)
-            }
-            REQ_HEAD => {
-                c.end()?;
-                store.head(key).map(|h| {
-                    let mut r = vec![h.is_some() as u8];
-                    r.extend_from_slice(&h.unwrap_or(0).to_le_bytes());
-                    r
-                })
-            }
-            REQ_LIST => {
-                c.end()?;
-                store.list(key).map(|keys| {
-                    let mut r = (keys.len() as u32).to_le_bytes().to_vec();
-                    for k in keys {
-                        put_str(&mut r, &k);
-                    }
-                    r
-                })
-            }
-            REQ_DELETE => {
-                c.end()?;
-                store.delete(key).map(|_| Vec::new())
-            }
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("unknown request type {other:#x}"),
-                ))
-            }
-        };
-        match result {
-            Ok(r) => conn.send(RESP_OK, &[&r])?,
-            Err(e) => {
-                // Never leak the receiver's local paths: send the kind and the detail only.
-                conn.send(RESP_ERR, &[&[kind_code(e.kind)], e.detail.as_bytes()])?
-            }
-        }
     }
 }

@@ -5,7 +5,7 @@
 //! instead of replacing, unlike `rename`), and the directory is fsynced before returning.
 //! The peer receiver stores through this same type.
 
-use crate::target::{Target, TargetError, TargetErrorKind, TargetResult};
+use super::{validate_key, Target, TargetError, TargetErrorKind, TargetResult};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,25 +15,6 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct FileTarget {
     root: PathBuf,
-}
-
-/// Refuses keys that could escape the root or collide with temp files.
-pub(crate) fn validate_key(key: &str) -> Result<(), String> {
-    if key.is_empty() || key.len() > 512 {
-        return Err("key is empty or longer than 512 bytes".into());
-    }
-    for part in key.split('/') {
-        if part.is_empty() || part.starts_with('.') {
-            return Err(format!("key {key:?} has an empty or dot-leading component"));
-        }
-        if !part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        {
-            return Err(format!("key {key:?} has characters outside [A-Za-z0-9._-]"));
-        }
-    }
-    Ok(())
 }
 
 /// Reads `r` to its end, but never more than `max_len + 1` bytes: `None` when it holds more
