@@ -91,6 +91,18 @@ fn advice_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(e) = cause.downcast_ref::<snapmap::Error>() {
         return engine_advice(e);
     }
+    if let Some(e) = cause.downcast_ref::<shipper::Error>() {
+        return match e {
+            shipper::Error::Source { .. } | shipper::Error::Corrupt { .. } => {
+                kind_advice(&FailureKind::of_shipper(e))
+            }
+            shipper::Error::NoSuchPoint { .. } => {
+                Some("; list committed points with `snapblk remote list`".into())
+            }
+            shipper::Error::BadPoint { .. } => Some(" from `snapblk remote list`".into()),
+            _ => None,
+        };
+    }
     None
 }
 
@@ -144,6 +156,10 @@ fn kind_advice(kind: &FailureKind) -> Option<String> {
         FailureKind::RestoreAbandoned { pre_restore } => format!(
             ": `snapblk restore {pre_restore}` puts it back"
         ),
+        FailureKind::LocalVolume => "; check the device/store with `snapblk status`".into(),
+        FailureKind::RemoteCorrupt => {
+            "; run `snapblk remote verify` and re-ship or prune the damaged points".into()
+        }
         FailureKind::Other
         | FailureKind::Busy
         | FailureKind::SnapshotExists

@@ -239,7 +239,9 @@ impl Ships {
             h.join()
         });
         let point = match result {
-            Ok(r) => r.map_err(|e| Failure::other(format!("ship to {url}: {e}")))?,
+            Ok(r) => r.map_err(|e| {
+                Failure::new(FailureKind::of_shipper(&e), format!("ship to {url}: {e}"))
+            })?,
             Err(_) => {
                 return Err(Failure::other(format!(
                     "ship to {url}: the shipping thread panicked"

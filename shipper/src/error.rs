@@ -15,7 +15,7 @@ pub enum Error {
     #[error(transparent)]
     Target(#[from] TargetError),
     /// The local volume (engine) refused an operation.
-    #[error("local volume: {op} failed: {source}; check the device/store with `snapblk status`")]
+    #[error("local volume: {op} failed: {source}")]
     Source {
         /// What the shipper was doing.
         op: String,
@@ -23,7 +23,7 @@ pub enum Error {
         source: SourceError,
     },
     /// A remote object failed an integrity check (checksum, magic, structure, chain link).
-    #[error("remote object {key} is corrupt: {detail}; run `snapblk remote verify` and re-ship or prune the damaged points")]
+    #[error("remote object {key} is corrupt: {detail}")]
     Corrupt {
         /// Key of the object, relative to the target's root.
         key: String,
@@ -31,14 +31,18 @@ pub enum Error {
         detail: String,
     },
     /// The requested point does not exist on the target.
-    #[error(
-        "point {what} not found on {target}; list committed points with `snapblk remote list`"
-    )]
+    #[error("point {what} not found on {target}")]
     NoSuchPoint {
         /// The selector the caller asked for.
         what: String,
         /// The target, as a redacted URL.
         target: String,
+    },
+    /// A point selector that is neither `latest` nor a point number.
+    #[error("point {given:?}: give `latest` or a point number")]
+    BadPoint {
+        /// What was given.
+        given: String,
     },
     /// A URL could not be turned into a target.
     #[error("bad target URL {url:?}: {detail}")]

@@ -31,10 +31,8 @@ impl FromStr for PointSel {
             .ok()
             .filter(|&n| n > 0)
             .map(PointSel::Seq)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "point {s:?}: give `latest` or a point number from `snapblk remote list`"
-                ))
+            .ok_or_else(|| Error::BadPoint {
+                given: s.to_string(),
             })
     }
 }
@@ -576,7 +574,7 @@ pub fn remote_prune(
     if let Some((key, err)) = cat.broken.first() {
         return Err(Error::corrupt(
             key.clone(),
-            format!("{err}; prune refuses to run on a damaged target, see `snapblk remote verify`"),
+            format!("{err}; prune refuses to run on a damaged target"),
         ));
     }
     let seqs: Vec<u64> = cat.points.keys().copied().collect();

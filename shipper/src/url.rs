@@ -152,7 +152,7 @@ impl TargetUrl {
             )),
             TargetUrl::Peer(addr) => {
                 let key = creds.peer_key.clone().ok_or_else(|| {
-                    Error::Credentials(format!("peer://{addr} needs the pre-shared key: pass the key file (SNAPBLK_PEER_KEY_FILE or --key-file)"))
+                    Error::Credentials(format!("peer://{addr} needs the pre-shared key: it is read from the key file that SNAPBLK_PEER_KEY_FILE or the key-file option names"))
                 })?;
                 Box::new(Retrying::new(PeerTarget::new(addr, key), creds.retry))
             }

@@ -102,6 +102,10 @@ pub enum FailureKind {
     NoStore,
     /// The backing has more blocks than a store can track at this block size.
     TooManyBlocks,
+    /// Shipping failed reading the local volume.
+    LocalVolume,
+    /// A remote object failed an integrity check.
+    RemoteCorrupt,
     /// The snapshot being restored was deleted mid-way; the pre-restore snapshot holds
     /// the image from before.
     RestoreAbandoned {
@@ -149,6 +153,15 @@ impl Failure {
 }
 
 impl FailureKind {
+    /// The kind of a shipper error.
+    pub fn of_shipper(e: &shipper::Error) -> FailureKind {
+        match e {
+            shipper::Error::Source { .. } => FailureKind::LocalVolume,
+            shipper::Error::Corrupt { .. } => FailureKind::RemoteCorrupt,
+            _ => FailureKind::Other,
+        }
+    }
+
     /// The kind of an engine error.
     pub fn of_engine(e: &snapmap::Error) -> FailureKind {
         use snapmap::Error as E;

@@ -155,7 +155,7 @@ impl FileTarget {
         TargetError::new(
             TargetErrorKind::Permanent,
             format!("{}/{key}", self.id()),
-            format!("{what}; snapblk only reads objects that are regular files: remove it (and re-ship) or restore from another point"),
+            format!("{what}; only regular files are read as objects: remove it (and re-ship) or restore from another point"),
         )
     }
 

@@ -275,7 +275,7 @@ impl PeerTarget {
             kind,
             what,
             format!(
-                "{op}: {e}; check that `snapblk receive` runs on {} and is reachable",
+                "{op}: {e}; is a receiver running on {}, and reachable?",
                 self.addr
             ),
         )

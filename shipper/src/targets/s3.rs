@@ -65,7 +65,7 @@ impl S3Target {
                 .flatten()
                 .collect();
                 return Err(Error::Credentials(format!(
-                    "no {} for the S3 endpoint {endpoint}: set it in the environment or the --credentials file",
+                    "no {} for the S3 endpoint {endpoint}: set it in the environment or a credentials file",
                     missing.join(" and ")
                 )));
             }
