@@ -64,17 +64,12 @@ pub fn message(e: &anyhow::Error) -> String {
 fn advice_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     use snapblk_daemon::Error as D;
     if let Some(e) = cause.downcast_ref::<ublk_target::Error>() {
-        return match e {
-            ublk_target::Error::NoKernelModule => Some(": load ublk_drv: modprobe ublk_drv".into()),
-            ublk_target::Error::NotRoot { .. } => Some(": run it as root (sudo)".into()),
-            ublk_target::Error::IdInUse { id } => Some(id_in_use(*id)),
-            _ => None,
-        };
+        return device_advice(e);
     }
     if let Some(e) = cause.downcast_ref::<D>() {
         return match e {
-            D::NotRoot { .. } => Some(": run it as root (sudo)".into()),
-            D::IdInUse { id } => Some(id_in_use(*id)),
+            // Transparent: the inner error is not a cause of its own in the chain.
+            D::Device(inner) => device_advice(inner),
             D::NoSuchDevice { .. } => Some(": check `snapblk list`".into()),
             D::DaemonDead { id, .. } => Some(format!(": `snapblk recover -n {id}` reattaches it")),
             D::DaemonAlive { id, .. } => Some(format!(": `snapblk delete -n {id}` first")),
@@ -106,8 +101,15 @@ fn advice_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-fn id_in_use(id: u32) -> String {
-    format!(": pick another -n, or `snapblk delete -n {id}` first")
+fn device_advice(e: &ublk_target::Error) -> Option<String> {
+    match e {
+        ublk_target::Error::NoKernelModule => Some(": load ublk_drv: modprobe ublk_drv".into()),
+        ublk_target::Error::NotRoot { .. } => Some(": run it as root (sudo)".into()),
+        ublk_target::Error::IdInUse { id } => Some(format!(
+            ": pick another -n, or `snapblk delete -n {id}` first"
+        )),
+        _ => None,
+    }
 }
 
 fn version_advice() -> String {
@@ -189,5 +191,38 @@ mod tests {
             .context("outer")
             .unwrap_err();
         assert_eq!(message(&e), "outer: inner");
+    }
+
+    #[test]
+    fn advice_follows_the_cause_it_belongs_to_wherever_the_request_ran() {
+        // In this process: the engine's typed error, under a context.
+        let e = snapmap::Error::NoSuchSnapshot("s9".into());
+        let e = Err::<(), _>(e).context("restore s9").unwrap_err();
+        assert_eq!(
+            message(&e),
+            "restore s9: snapshot \"s9\" does not exist: see `snapblk snapshot list`"
+        );
+        // From a daemon: the same situation as a typed failure, the same advice.
+        let f = Failure::new(
+            FailureKind::NoSuchSnapshot,
+            "restore snapshot s9: snapshot \"s9\" does not exist",
+        );
+        let e = anyhow::Error::from(snapblk_daemon::Error::Remote(f));
+        assert!(
+            message(&e).ends_with("does not exist: see `snapblk snapshot list`"),
+            "{}",
+            message(&e)
+        );
+        // A wrapped ublk error keeps its advice through the daemon's transparent variant.
+        let e = anyhow::Error::from(snapblk_daemon::Error::from(
+            ublk_target::Error::IdInUse { id: 3 },
+        ));
+        assert_eq!(
+            message(&e),
+            "device id 3 is already in use: pick another -n, or `snapblk delete -n 3` first"
+        );
+        // An error nobody advises on is printed as it is.
+        let e = anyhow::anyhow!("plain");
+        assert_eq!(message(&e), "plain");
     }
 }

@@ -109,7 +109,7 @@ where
             }
         }
         if attach == Attach::Add && device::kernel_has_device(id) {
-            return Err(Error::IdInUse { id });
+            return Err(ublk_target::Error::IdInUse { id }.into());
         }
     }
 

@@ -6,21 +6,10 @@ use std::path::PathBuf;
 /// (`cli/src/failure.rs`), keyed on these variants.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The ublk frontend failed (kernel module, device add/recover, queues).
+    /// The ublk frontend failed (kernel module, device add/recover, queues), or what it
+    /// also reports for the daemon: a device id in use, an operation that needs root.
     #[error(transparent)]
     Device(#[from] ublk_target::Error),
-    /// The process lacks the privileges the daemon or its socket need.
-    #[error("{what} needs root")]
-    NotRoot {
-        /// The operation that was refused.
-        what: String,
-    },
-    /// The requested device id is taken by a live device or daemon.
-    #[error("device id {id} is already in use")]
-    IdInUse {
-        /// The id that was asked for.
-        id: u32,
-    },
     /// No daemon state exists for this id.
     #[error("no snapblk device {id} (nothing under {dir})")]
     NoSuchDevice {
@@ -112,7 +101,7 @@ impl Error {
         use crate::control::FailureKind as K;
         match self {
             Error::Busy(_) => K::Busy,
-            Error::NotRoot { .. } => K::NotRoot,
+            Error::Device(ublk_target::Error::NotRoot { .. }) => K::NotRoot,
             Error::Engine { source, .. } => K::of_engine(source),
             Error::Remote(f) => f.kind.clone(),
             _ => K::Other,

@@ -24,31 +24,12 @@ pub const READ_ONLY: u8 = 8;
 /// Input flag: the rest of the input is a compact (sparse) image, not raw bytes.
 pub const SPARSE: u8 = 0x80;
 
-const SUPER_BODY: usize = 4092;
-const JOURNAL_MAGIC: u32 = 0x4C4E_4A53;
-const CHECKPOINT_MAGIC: u32 = 0x504B_4353;
-const JOURNAL_HEADER: usize = 56;
-const CHECKPOINT_HEADER: usize = 24;
-
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
+// The store's format facts and codecs come from the engine itself, so a format change
+// cannot leave the fuzzers sealing a layout that no longer exists.
+use snapmap::format::{
+    get_u32, get_u64, put_u32, put_u64, CHECKPOINT_HEADER, CHECKPOINT_MAGIC, JOURNAL_HEADER,
+    JOURNAL_MAGIC, SUPER_BODY,
+};
 
 /// Gives a 4096-byte superblock image a valid crc (bytes 4092..4096).
 pub fn seal_superblock(b: &mut [u8]) {

@@ -20,7 +20,7 @@ pub const CHECKPOINT_MAGIC: u32 = 0x504B_4353;
 /// Slots reserved for the superblock copies A (slot 0) and B (slot 1).
 pub const SUPER_SLOTS: u64 = 2;
 /// Bytes of a superblock that carry data; the crc32 sits right after them.
-const SUPER_BODY: usize = 4092;
+pub const SUPER_BODY: usize = 4092;
 /// Longest origin path a superblock records.
 pub const MAX_PATH: usize = 3072;
 /// Offset of the reserved-length field in a superblock (after the longest path).
@@ -82,18 +82,25 @@ pub struct Superblock {
     pub limit_slots: u64,
 }
 
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
+// Every integer on the store is little-endian; these are the only codecs for them (the
+// fuzz crate uses them too, to re-seal what it mutates).
+
+/// Writes `v` little-endian at byte `at`. Panics if `b` is too short (callers size it).
+pub fn put_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
+/// Writes `v` little-endian at byte `at`. Panics if `b` is too short (callers size it).
+pub fn put_u64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
-fn get_u32(b: &[u8], at: usize) -> u32 {
+/// Reads a little-endian u32 at byte `at`. Panics if `b` is too short (callers check).
+pub fn get_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(a)
 }
-fn get_u64(b: &[u8], at: usize) -> u64 {
+/// Reads a little-endian u64 at byte `at`. Panics if `b` is too short (callers check).
+pub fn get_u64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)

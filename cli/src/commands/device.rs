@@ -20,7 +20,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 fn check_id_free(id: u32) -> Result<()> {
     let rd = RunDir::new(id);
     if rd.live_pid().is_some() || device::kernel_has_device(id) {
-        return Err(Error::IdInUse { id }.into());
+        return Err(ublk_target::Error::IdInUse { id }.into());
     }
     // State left by a daemon that died and whose device is gone.
     rd.remove()?;

@@ -34,9 +34,10 @@ impl Client {
     pub fn call(&self, req: &Request, progress: &mut dyn FnMut(u64, u64)) -> Result<Answer, Error> {
         let sock = self.path.display().to_string();
         let mut stream = UnixStream::connect(&self.path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => Error::NotRoot {
+            std::io::ErrorKind::PermissionDenied => ublk_target::Error::NotRoot {
                 what: format!("talking to the daemon (control socket {sock})"),
-            },
+            }
+            .into(),
             _ => Error::Connect {
                 socket: self.path.clone(),
                 source: e,

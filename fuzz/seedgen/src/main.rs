@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use snapmap::format::{JournalBlock, Superblock, JOURNAL_HEADER};
+use snapmap::format::{get_u32, JournalBlock, Superblock, JOURNAL_HEADER};
 use snapmap::{Engine, MemDev, OpenOptions};
 
 // The helpers the fuzz targets use, without linking libFuzzer into this program.
@@ -136,9 +136,6 @@ fn put(dir: &Path, target: &str, name: &str, bytes: &[u8]) -> Result<()> {
     std::fs::write(&p, bytes).with_context(|| format!("write {}", p.display()))
 }
 
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
 
 /// Remote-format seeds made with the shipper's own encoders: segments (raw and zstd) and the
 /// manifests of a full base and an incremental point.
