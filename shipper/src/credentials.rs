@@ -2,11 +2,20 @@
 
 use crate::error::{Error, Result};
 use crate::targets::Retry;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
 
 /// Secrets and connection settings a target may need. `Debug` never shows secrets.
-#[derive(Clone, Default)]
+///
+/// The serde form is also the wire form the CLI hands to a daemon (over the root-only
+/// control socket, and in the daemon's 0600 saved schedules), so that secrets never
+/// appear on a command line: a JSON object with the optional fields `endpoint`,
+/// `region`, `access_key`, `secret_key` (strings) and `peer_key` (an array of bytes),
+/// unknown fields refused. It carries the secrets in clear; the retry policy is not part
+/// of it (the receiving side applies its own, [`Retry::default`] when deserialized).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// S3 endpoint URL, e.g. `http://127.0.0.1:3900` (`AWS_ENDPOINT_URL`).
     pub endpoint: Option<String>,
@@ -19,6 +28,7 @@ pub struct Credentials {
     /// Pre-shared key for `peer://` targets (contents of a key file).
     pub peer_key: Option<Vec<u8>>,
     /// Retry policy applied to every request of targets built from these settings.
+    #[serde(skip)]
     pub retry: Retry,
 }
 
@@ -213,6 +223,35 @@ mod tests {
         ] {
             assert!(e.contains("is a directory") && !e.contains("chmod"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_wire_form_carries_the_settings_but_not_the_retry_policy() {
+        let c = Credentials {
+            endpoint: Some("http://127.0.0.1:3900".into()),
+            region: Some("garage".into()),
+            access_key: Some("GKabc".into()),
+            secret_key: Some("sek".into()),
+            peer_key: Some(vec![1, 2]),
+            retry: Retry::none(),
+        };
+        let wire = serde_json::to_string(&c).unwrap();
+        assert_eq!(
+            wire,
+            r#"{"endpoint":"http://127.0.0.1:3900","region":"garage","access_key":"GKabc","secret_key":"sek","peer_key":[1,2]}"#
+        );
+        let back: Credentials = serde_json::from_str(&wire).unwrap();
+        assert_eq!(
+            back,
+            Credentials {
+                retry: Retry::default(),
+                ..c
+            }
+        );
+        let none: Credentials = serde_json::from_str("{}").unwrap();
+        assert_eq!(none, Credentials::default());
+        assert!(serde_json::from_str::<Credentials>(r#"{"retry":{}}"#).is_err());
+        assert!(!format!("{back:?}").contains("sek"));
     }
 
     #[test]

@@ -54,8 +54,9 @@ pub use remote::{
     RestoreReport, VerifyReport,
 };
 pub use scheduler::{Scheduler, SchedulerStats};
-pub use ship::{ship_once, PointInfo, ShipOptions};
+pub use ship::{point_prefix, ship_once, PointInfo, ShipOptions};
 pub use source::{MemSource, PointSource};
+pub use state::{ship_state_path, ship_targets, ShipTarget};
 pub use targets::file::FileTarget;
 pub use targets::peer::PeerTarget;
 pub use targets::s3::S3Target;

@@ -49,6 +49,12 @@ impl std::fmt::Debug for ShipOptions {
 }
 
 impl ShipOptions {
+    /// [`ShipOptions::new`] with the state file of the store at `store` for the target
+    /// `url` (canonical spelling): [`crate::state::ship_state_path`].
+    pub fn for_store(store: &std::path::Path, url: &str) -> Self {
+        ShipOptions::new(crate::state::ship_state_path(store, url))
+    }
+
     /// Defaults: zstd level 3, 4 MiB segments, always commit.
     pub fn new(state_path: impl Into<PathBuf>) -> Self {
         ShipOptions {
@@ -101,7 +107,9 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Prefix of every local ship point for `target_id`: stable and unique per target.
+/// Prefix of every local ship point for `target_id` (`ship-<12 hex digits>-`): stable and
+/// unique per target, so a store shipping to several targets keeps their points apart and
+/// [`crate::state::ShipTarget::owns_point`] can tell whose a point is.
 pub fn point_prefix(target_id: &str) -> String {
     format!(
         "ship-{}-",

@@ -37,18 +37,22 @@ fn engine_ship_change_ship_restore_every_point() {
         Retry::none(),
     );
     let sopts = ShipOptions::new(d.path().join("state.json"));
-    engine.write(0, &noise(1, (size / 2) as usize)).unwrap();
+    engine
+        .write(0, &block_pattern(1, 0, (size / 2) as usize))
+        .unwrap();
     engine.create_snapshot("user-snap").unwrap();
 
     let mut points = Vec::new();
     for round in 0..3u64 {
         if round > 0 {
             engine
-                .write(round * 40 * 4096, &noise(10 + round, 64 * 4096))
+                .write(round * 40 * 4096, &block_pattern(10 + round, 0, 64 * 4096))
                 .unwrap();
             engine.write_zeroes((600 + round) * 4096, 8 * 4096).unwrap();
             engine.discard((900 + round * 3) * 4096, 4096).unwrap();
-            engine.write(size - 700, &noise(20 + round, 500)).unwrap(); // partial block
+            engine
+                .write(size - 700, &block_pattern(20 + round, 0, 500))
+                .unwrap(); // partial block
         }
         let info = ship_once(engine.as_ref(), &t, &sopts).unwrap();
         assert!(

@@ -66,7 +66,7 @@ fn interrupted_ship_commits_nothing_and_resumes_without_duplicating() {
     );
     // Data written after the failure must not leak into the resumed point.
     let frozen = sha_hex(&src.point_image(&src.point_names()[0]).unwrap());
-    src.write(0, &noise(77, 8192));
+    src.write(0, &block_pattern(77, 0, 8192));
     src.set_read_hook(None);
     let info = ship_once(&src, &t, &opts).unwrap();
     assert!(info.resumed && info.committed && info.seq == 1, "{info:?}");
@@ -289,12 +289,12 @@ fn scheduler_ships_every_interval_pauses_and_reports_lag() {
         panic!("timed out: {:?}", s.stats());
     };
     wait(&|st| st.points_committed == 1);
-    src.write(0, &noise(5, 4096));
+    src.write(0, &block_pattern(5, 0, 4096));
     wait(&|st| st.points_committed == 2);
     s.pause();
     wait(&|st| !st.shipping);
     let paused_at = s.stats().points_committed + s.stats().unchanged;
-    src.write(4096, &noise(6, 4096));
+    src.write(4096, &block_pattern(6, 0, 4096));
     std::thread::sleep(Duration::from_millis(400));
     let st = s.stats();
     assert_eq!(st.state, "paused");
@@ -385,7 +385,7 @@ fn lost_state_file_refreezes_instead_of_shipping_a_stale_leftover() {
     assert!(ship_once(&src, &t, &opts).is_err());
     src.set_read_hook(None);
     std::fs::remove_file(&opts.state_path).unwrap();
-    src.write(0, &noise(99, 4096));
+    src.write(0, &block_pattern(99, 0, 4096));
     let (info, sha) = ship(&src, &t, &opts);
     assert!(!info.resumed && info.seq == 1, "{info:?}");
     assert_eq!(
@@ -404,7 +404,7 @@ fn volume_size_not_a_multiple_of_the_block_size_restores_exactly() {
     let t = file_target(d.path());
     let size = 1_000_003u64;
     let src = shipper::MemSource::new(BS, size);
-    src.write(0, &noise(8, size as usize));
+    src.write(0, &block_pattern(8, 0, size as usize));
     let opts = ShipOptions::new(d.path().join("state.json"));
     ship(&src, &t, &opts);
     src.write(size - 10, &[0xAB; 10]);
@@ -427,7 +427,7 @@ fn scheduler_with_retention_keeps_the_point_count_bounded() {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut round = 0u64;
     while s.stats().points_committed < 12 && std::time::Instant::now() < deadline {
-        src.write((round % 64) * 4096, &noise(round, 4096));
+        src.write((round % 64) * 4096, &block_pattern(round, 0, 4096));
         round += 1;
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -13,7 +13,7 @@ use std::time::Instant;
 fn measure(name: &str, t: &dyn Target, dir: &std::path::Path, mib: u64) {
     let src = shipper::MemSource::new(BS, mib << 20);
     // Half incompressible noise, half zero: a realistic-ish sparse disk.
-    src.write(0, &noise(3, ((mib << 20) / 2) as usize));
+    src.write(0, &block_pattern(3, 0, ((mib << 20) / 2) as usize));
     let opts = ShipOptions::new(dir.join(format!("{name}.state")));
     let info = ship_once(&src, t, &opts).unwrap();
     let secs = info.elapsed.as_secs_f64();
@@ -24,7 +24,7 @@ fn measure(name: &str, t: &dyn Target, dir: &std::path::Path, mib: u64) {
         info.bytes_read as f64 / 1048576.0 / secs,
         info.bytes_uploaded as f64 / 1048576.0 / secs
     );
-    src.write(4096 * 1000, &noise(4, 16 << 20));
+    src.write(4096 * 1000, &block_pattern(4, 0, 16 << 20));
     let inc = ship_once(&src, t, &opts).unwrap();
     eprintln!(
         "{name}: increment of 16 MiB changed: {:.2} s",

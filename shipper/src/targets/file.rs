@@ -354,29 +354,15 @@ impl Target for FileTarget {
 mod tests {
     use super::*;
 
+    // The contract (round trip, never overwrite, not-found, list, delete, key shape) is
+    // checked for every backend by tests/conformance.rs; what follows is file:// only.
+
     #[test]
-    fn put_new_never_overwrites_and_lists_sorted() {
+    fn publishing_leaves_no_temp_files_behind() {
         let d = tempfile::tempdir().unwrap();
         let t = FileTarget::new(d.path().join("r")).unwrap();
         t.put_new("segments/0000000000000001/a", b"one").unwrap();
-        let e = t
-            .put_new("segments/0000000000000001/a", b"two")
-            .unwrap_err();
-        assert_eq!(e.kind, TargetErrorKind::AlreadyExists);
-        assert_eq!(t.get("segments/0000000000000001/a", 10).unwrap(), b"one");
-        t.put_new("manifests/b", b"x").unwrap();
-        assert_eq!(
-            t.list("segments/").unwrap(),
-            vec!["segments/0000000000000001/a".to_string()]
-        );
-        assert_eq!(t.list("").unwrap().len(), 2);
-        assert_eq!(t.head("manifests/b").unwrap(), Some(1));
-        assert_eq!(t.head("manifests/c").unwrap(), None);
-        assert!(t.get("manifests/b", 0).is_err(), "size limit enforced");
-        t.delete("manifests/b").unwrap();
-        t.delete("manifests/b").unwrap();
-        assert_eq!(t.head("manifests/b").unwrap(), None);
-        // No temp files left behind.
+        assert!(t.put_new("segments/0000000000000001/a", b"two").is_err());
         let names: Vec<_> = fs::read_dir(d.path().join("r/segments/0000000000000001"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -460,15 +446,6 @@ mod tests {
             let msg = e.to_string();
             assert!(msg.contains("is not a directory"), "{msg}");
             assert_eq!(msg.matches("f.img").count(), 2, "{msg}");
-        }
-    }
-
-    #[test]
-    fn keys_cannot_escape_the_root() {
-        let d = tempfile::tempdir().unwrap();
-        let t = FileTarget::new(d.path()).unwrap();
-        for k in ["../x", "/etc/passwd", "a//b", ".hidden", "a/../../b", "a b"] {
-            assert!(t.put_new(k, b"x").is_err(), "{k}");
         }
     }
 }

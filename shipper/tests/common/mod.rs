@@ -3,25 +3,12 @@
 
 pub mod garage;
 
+pub use fixtures::block_pattern;
 use sha2::{Digest, Sha256};
 use shipper::{remote_restore, ship_once, MemSource, PointInfo, PointSel, ShipOptions, Target};
 use std::path::Path;
 
 pub const BS: u32 = 4096;
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 pub fn sha_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -35,10 +22,10 @@ pub fn file_sha(path: &Path) -> String {
 pub fn volume(mib: u64) -> MemSource {
     let size = mib << 20;
     let src = MemSource::new(BS, size);
-    src.write(0, &noise(1, (size / 2) as usize));
+    src.write(0, &block_pattern(1, 0, (size / 2) as usize));
     for i in 0..8u64 {
         let b = (size / BS as u64) * 5 / 8 + i * 13;
-        src.write(b * BS as u64, &noise(100 + i, BS as usize));
+        src.write(b * BS as u64, &block_pattern(100 + i, 0, BS as usize));
     }
     src
 }
@@ -50,12 +37,12 @@ pub fn mutate(src: &MemSource, round: u64) {
     let bs = BS as u64;
     src.write(
         (round * 37 % 200) * bs,
-        &noise(1000 + round, (40 * bs) as usize),
+        &block_pattern(1000 + round, 0, (40 * bs) as usize),
     );
     src.write((300 + round) * bs, &vec![0u8; (10 * bs) as usize]);
     let same = src.image()[(50 * bs) as usize..(51 * bs) as usize].to_vec();
     src.write(50 * bs, &same);
-    src.write(size - bs - 100, &noise(2000 + round, 300));
+    src.write(size - bs - 100, &block_pattern(2000 + round, 0, 300));
 }
 
 /// Ships once and returns the info plus the SHA-256 of the frozen point's image.
