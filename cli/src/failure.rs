@@ -214,12 +214,21 @@ mod tests {
             message(&e)
         );
         // A wrapped ublk error keeps its advice through the daemon's transparent variant.
-        let e = anyhow::Error::from(snapblk_daemon::Error::from(
-            ublk_target::Error::IdInUse { id: 3 },
-        ));
+        let e = anyhow::Error::from(snapblk_daemon::Error::from(ublk_target::Error::IdInUse {
+            id: 3,
+        }));
         assert_eq!(
             message(&e),
             "device id 3 is already in use: pick another -n, or `snapblk delete -n 3` first"
+        );
+        // A shipper error: the library names the point and the target, the CLI the verb.
+        let e = anyhow::Error::from(shipper::Error::NoSuchPoint {
+            what: "9".into(),
+            target: "file:///r".into(),
+        });
+        assert_eq!(
+            message(&e),
+            "point 9 not found on file:///r; list committed points with `snapblk remote list`"
         );
         // An error nobody advises on is printed as it is.
         let e = anyhow::anyhow!("plain");

@@ -4,12 +4,12 @@
 //! on every change, so a daemon restarted by `snapblk recover` after a crash resumes them
 //! (paused ones stay paused) instead of silently stopping the off-site copy.
 
-use crate::control::answer::{ShipControlled, ShipJob, ShipStarted, ShipTarget, Shipped};
-use crate::control::{Failure, FailureKind, ShipAction, ShipSecrets};
-use shipper::{Credentials, PointSource, Scheduler, ShipOptions, Target};
+use crate::control::answer::{ShipControlled, ShipJob, ShipStarted, Shipped};
+use crate::control::{Failure, FailureKind, ShipAction};
+use shipper::{ship_state_path, Credentials, PointSource, Scheduler, ShipOptions, Target};
 use snapmap::Engine;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,74 +17,8 @@ use std::time::Duration;
 /// How often a one-shot ship reports progress to the waiting client.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
-/// The ship state file of (`store`, `url`): next to the store, so it survives daemon
-/// restarts, `recover` and offline ships of the same files.
-pub fn ship_state_path(store: &Path, url: &str) -> PathBuf {
-    let digest = shipper::format::sha256(url.as_bytes());
-    let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    let mut name = store
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".ship-{tag}.json"));
-    store.with_file_name(name)
-}
-
-/// The targets this store has shipped to, as (ship-point name prefix, target id), read
-/// from the ship state files next to the store ([`ship_state_path`]). Ship points are
-/// internal snapshots that hold store space; this lets `status` say which target keeps
-/// each one. Unreadable or foreign files are skipped: the answer is only a label.
-pub fn ship_targets(store: &Path) -> Vec<ShipTarget> {
-    let Some(name) = store.file_name().and_then(|n| n.to_str()) else {
-        return Vec::new();
-    };
-    let lead = format!("{name}.ship-");
-    let dir = match store.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<ShipTarget> = entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|f| f.starts_with(&lead) && f.ends_with(".json"))
-        })
-        .filter_map(|e| {
-            // State files are a few hundred bytes; anything large is not one.
-            if e.metadata().ok()?.len() > 1 << 20 {
-                return None;
-            }
-            let text = std::fs::read_to_string(e.path()).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            let target = v.get("target")?.as_str()?.to_string();
-            Some(ShipTarget {
-                point_prefix: shipper::ship::point_prefix(&target),
-                target,
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.point_prefix.cmp(&b.point_prefix));
-    out
-}
-
-/// Turns the wire form of the secrets into the shipper's credentials.
-pub fn credentials(s: ShipSecrets) -> Credentials {
-    Credentials {
-        endpoint: s.endpoint,
-        region: s.region,
-        access_key: s.access_key,
-        secret_key: s.secret_key,
-        peer_key: s.peer_key,
-        ..Credentials::default()
-    }
-}
-
-fn open_target(url: &str, secrets: ShipSecrets) -> Result<Arc<dyn Target>, Failure> {
-    shipper::target_from_url(url, &credentials(secrets))
+fn open_target(url: &str, secrets: Credentials) -> Result<Arc<dyn Target>, Failure> {
+    shipper::target_from_url(url, &secrets)
         .map(Arc::from)
         .map_err(|e| Failure::other(format!("open ship target {url}: {e}")))
 }
@@ -94,7 +28,7 @@ struct Job {
     state_file: PathBuf,
     interval: Duration,
     paused: bool,
-    secrets: ShipSecrets,
+    secrets: Credentials,
 }
 
 /// A schedule as saved for a restarted daemon.
@@ -103,7 +37,7 @@ struct Saved {
     url: String,
     interval_ms: u64,
     paused: bool,
-    secrets: ShipSecrets,
+    secrets: Credentials,
 }
 
 /// The device's shipping jobs.
@@ -206,7 +140,7 @@ impl Ships {
     pub fn once(
         &self,
         url: &str,
-        secrets: ShipSecrets,
+        secrets: Credentials,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Shipped, Failure> {
         if self.jobs().contains_key(url) {
@@ -260,7 +194,7 @@ impl Ships {
         &self,
         url: &str,
         interval: Duration,
-        secrets: ShipSecrets,
+        secrets: Credentials,
     ) -> Result<ShipStarted, Failure> {
         let mut jobs = self.jobs();
         if let Some(job) = jobs.get_mut(url) {
@@ -387,45 +321,7 @@ fn jobs_list<'a>(urls: impl Iterator<Item = &'a String>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::control::answer::ShipTarget;
-
-    #[test]
-    fn ship_targets_come_from_the_state_files_next_to_the_store() {
-        let d = tempfile::tempdir().unwrap();
-        let store = d.path().join("d.img.snapstore");
-        let target = "file:///backup/vm0";
-        let st = super::ship_state_path(&store, target);
-        std::fs::write(&st, format!("{{\"version\":1,\"target\":\"{target}\"}}")).unwrap();
-        // Another store's state file and garbage are not ours.
-        std::fs::write(
-            d.path().join("other.snapstore.ship-1.json"),
-            "{\"target\":\"x\"}",
-        )
-        .unwrap();
-        std::fs::write(d.path().join("d.img.snapstore.ship-2.json"), "not json").unwrap();
-        assert_eq!(
-            super::ship_targets(&store),
-            vec![ShipTarget {
-                point_prefix: shipper::ship::point_prefix(target),
-                target: target.to_string()
-            }]
-        );
-    }
-
     use super::*;
-
-    #[test]
-    fn state_file_sits_next_to_the_store_and_differs_per_url() {
-        let a = ship_state_path(Path::new("/srv/d.img.snapstore"), "file:///r1");
-        let b = ship_state_path(Path::new("/srv/d.img.snapstore"), "file:///r2");
-        assert_ne!(a, b);
-        assert_eq!(a.parent(), Some(Path::new("/srv")));
-        let name = a.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        assert!(
-            name.starts_with("d.img.snapstore.ship-") && name.ends_with(".json"),
-            "{name}"
-        );
-    }
 
     #[test]
     fn schedules_are_saved_root_only_and_resumed_by_a_restarted_daemon() {
@@ -437,9 +333,9 @@ mod tests {
         let engine = Arc::new(Engine::format(origin, store, &OpenOptions::default()).unwrap());
         let saved = t.path().join("ships.json");
         let url = format!("file://{}", t.path().join("remote").display());
-        let secrets = ShipSecrets {
+        let secrets = Credentials {
             access_key: Some("AK".into()),
-            ..ShipSecrets::default()
+            ..Credentials::default()
         };
         let store_path = t.path().join("d.snapstore");
         let a = Ships::new(engine.clone(), store_path.clone(), Some(saved.clone()));
@@ -469,7 +365,7 @@ mod tests {
         let c = Ships::new(engine.clone(), store_path.clone(), Some(saved.clone()));
         assert_eq!(c.resume_saved(), 0);
         // A new device with this id starts clean.
-        b.start(&url, Duration::from_secs(3600), ShipSecrets::default())
+        b.start(&url, Duration::from_secs(3600), Credentials::default())
             .unwrap();
         b.stop_all();
         let d = Ships::new(engine, store_path, Some(saved.clone()));

@@ -39,7 +39,7 @@ const STATE_FILE_LEAD: &str = "ship-";
 const MAX_STATE_FILE: u64 = 1 << 20;
 
 /// A target a store has shipped to, as named by a ship state file next to the store.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ShipTarget {
     /// Prefix of the local ship-point names kept for this target ([`point_prefix`]).
     pub point_prefix: String,

@@ -192,10 +192,8 @@ fn restore_refuses_to_overwrite_and_unknown_points() {
     let e = remote_restore(&t, PointSel::Seq(9), &d.path().join("x.img"), &|_, _| {})
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("point 9 not found") && e.contains("remote list"),
-        "{e}"
-    );
+    // What to run about it (`snapblk remote list`) is the CLI's to add (cli/src/failure.rs).
+    assert!(e.contains("point 9 not found"), "{e}");
 }
 
 #[test]

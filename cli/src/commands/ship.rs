@@ -10,11 +10,11 @@ use crate::progress::{Progress, Unit};
 use crate::session::{absolute, expect_answer, unexpected, Access, Session};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
+use shipper::ship_state_path;
 use shipper::{Credentials, PointSel, ShipOptions, TargetUrl};
 use snapblk_daemon::control::answer::Shipped;
 use snapblk_daemon::control::Answer;
-use snapblk_daemon::control::{Request, ShipAction, ShipSecrets};
-use snapblk_daemon::schedules::ship_state_path;
+use snapblk_daemon::control::{Request, ShipAction};
 use std::path::Path;
 use ublk_target::DeviceSpec;
 
@@ -44,16 +44,6 @@ fn normalize_url(url: &str) -> Result<String> {
     Ok(TargetUrl::parse(url)
         .with_context(|| format!("target URL {url}"))?
         .to_string())
-}
-
-fn secrets(c: Credentials) -> ShipSecrets {
-    ShipSecrets {
-        endpoint: c.endpoint,
-        region: c.region,
-        access_key: c.access_key,
-        secret_key: c.secret_key,
-        peer_key: c.peer_key,
-    }
 }
 
 fn print_point(v: &Shipped) {
@@ -109,7 +99,7 @@ pub fn ship(a: ShipArgs) -> Result<()> {
         let res = s.request(
             Request::ShipOnce {
                 url: url.clone(),
-                secrets: secrets(credentials(&a.creds)?),
+                secrets: credentials(&a.creds)?,
             },
             &mut |d, t| bar.update(d, t),
         );
@@ -130,7 +120,7 @@ pub fn ship(a: ShipArgs) -> Result<()> {
             Request::ShipStart {
                 url: url.clone(),
                 interval_ms: interval.as_millis().min(u128::from(u64::MAX)) as u64,
-                secrets: secrets(credentials(&a.creds)?),
+                secrets: credentials(&a.creds)?,
             },
             &mut |_, _| {},
         )

@@ -3,7 +3,7 @@
 //! prints an answer's value as its `--json` output; durations are float seconds.
 
 use serde::{Deserialize, Serialize};
-use shipper::{PointInfo, SchedulerStats};
+use shipper::{PointInfo, SchedulerStats, ShipTarget};
 use snapmap::{BlockRange, CheckReport, RestoreReport, SnapshotInfo};
 use std::path::PathBuf;
 use ublk_target::io_op::IoCounters;
@@ -97,15 +97,6 @@ pub struct DeviceInfo {
     pub uptime_secs: Option<f64>,
 }
 
-/// A ship target this store has shipped to, from the ship state files next to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShipTarget {
-    /// Name prefix of the target's ship-point snapshots.
-    pub point_prefix: String,
-    /// The target URL.
-    pub target: String,
-}
-
 /// `status`: the device (absent offline), its I/O counters (absent offline), the engine
 /// (absent when the daemon is gone), continuous schedules and known ship targets.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,7 +120,7 @@ impl StatusAnswer {
     pub fn target_of(&self, name: &str) -> Option<&str> {
         self.ship_targets
             .iter()
-            .find(|t| name.starts_with(t.point_prefix.as_str()))
+            .find(|t| t.owns_point(name))
             .map(|t| t.target.as_str())
     }
 }

@@ -13,5 +13,5 @@ pub mod server;
 pub use answer::Answer;
 pub use client::Client;
 pub use failure::{DaemonOnly, Failure, FailureKind};
-pub use protocol::{Reply, Request, ShipAction, ShipSecrets, PROTOCOL_VERSION};
+pub use protocol::{Reply, Request, ShipAction, PROTOCOL_VERSION};
 pub use server::{Handler, Server};

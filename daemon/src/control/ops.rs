@@ -11,7 +11,7 @@ use std::time::Instant;
 /// ship targets of the engine's store.
 pub fn engine_status(e: &Engine) -> StatusAnswer {
     let status = e.status();
-    let ship_targets = crate::schedules::ship_targets(std::path::Path::new(&status.store));
+    let ship_targets = shipper::ship_targets(std::path::Path::new(&status.store));
     StatusAnswer {
         device: None,
         engine: Some(status),

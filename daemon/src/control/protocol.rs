@@ -19,6 +19,7 @@ use super::FailureKind;
 use super::{Answer, Failure};
 use crate::Error;
 use serde::{Deserialize, Serialize};
+use shipper::Credentials;
 use std::io::BufRead;
 use std::path::PathBuf;
 
@@ -72,8 +73,10 @@ pub enum Request {
     ShipOnce {
         /// Target URL (`file:///DIR`, `s3://BUCKET/PREFIX`, `peer://HOST:PORT`).
         url: String,
-        /// Settings and secrets for the target, from the CLI's environment.
-        secrets: ShipSecrets,
+        /// Settings and secrets for the target, from the CLI's environment, in shipper's
+        /// own wire form; they cross only the root-only socket, never a command line, and
+        /// `Debug` shows none of them.
+        secrets: Credentials,
     },
     /// Start (or retune) continuous shipping to `url` every `interval_ms`.
     ShipStart {
@@ -82,7 +85,7 @@ pub enum Request {
         /// Milliseconds between ship points.
         interval_ms: u64,
         /// Settings and secrets for the target.
-        secrets: ShipSecrets,
+        secrets: Credentials,
     },
     /// Pause, resume or stop continuous shipping to `url`.
     ShipControl {
@@ -105,36 +108,6 @@ pub enum ShipAction {
     Resume,
     /// Stop and forget the schedule (the ship state file stays).
     Stop,
-}
-
-/// Target settings and secrets passed from the CLI to the daemon over the root-only
-/// control socket, so they never appear on a command line. `Debug` shows none of them.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShipSecrets {
-    /// S3 endpoint URL.
-    pub endpoint: Option<String>,
-    /// S3 signing region.
-    pub region: Option<String>,
-    /// S3 access key id.
-    pub access_key: Option<String>,
-    /// S3 secret key.
-    pub secret_key: Option<String>,
-    /// Pre-shared key of a `peer://` target.
-    pub peer_key: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for ShipSecrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let red = |o: bool| if o { "<redacted>" } else { "<unset>" };
-        f.debug_struct("ShipSecrets")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key", &red(self.access_key.is_some()))
-            .field("secret_key", &red(self.secret_key.is_some()))
-            .field("peer_key", &red(self.peer_key.is_some()))
-            .finish()
-    }
 }
 
 /// Longest accepted ship target URL.
@@ -361,14 +334,14 @@ mod tests {
             Request::Shutdown,
             Request::ShipOnce {
                 url: "file:///tmp/r".into(),
-                secrets: ShipSecrets::default(),
+                secrets: Credentials::default(),
             },
             Request::ShipStart {
                 url: "s3://b-1/p".into(),
                 interval_ms: 2000,
-                secrets: ShipSecrets {
+                secrets: Credentials {
                     secret_key: Some("s".into()),
-                    ..ShipSecrets::default()
+                    ..Credentials::default()
                 },
             },
             Request::ShipControl {
@@ -428,12 +401,13 @@ mod tests {
     fn ship_secrets_never_show_in_debug() {
         let r = Request::ShipOnce {
             url: "s3://bucket/p".into(),
-            secrets: ShipSecrets {
+            secrets: Credentials {
                 endpoint: Some("http://127.0.0.1:3900".into()),
                 region: Some("garage".into()),
                 access_key: Some("GKSECRETACCESS".into()),
                 secret_key: Some("topsecretvalue".into()),
                 peer_key: Some(b"peerkeypeerkey0123".to_vec()),
+                ..Credentials::default()
             },
         };
         let d = format!("{r:?}");
