@@ -5,7 +5,7 @@
 //! - even: a client **without** the key; the rest of the input is sent raw after the server's
 //!   greeting (handshake parser, authentication failure path). It must never get an OK.
 //! - odd: a client **with** the key, which completes the handshake (implemented here from
-//!   shipper/src/peer.rs's documented protocol) and then sends the rest of the input as
+//!   shipper/src/targets/peer.rs's documented protocol) and then sends the rest of the input as
 //!   frames `kind: u8, len: u16 LE, payload[len]`, each with a valid tag and counter, reading
 //!   the reply to each (request parser, key validation, file target).
 //!

@@ -100,6 +100,27 @@ pub struct PointInfo {
     pub elapsed: Duration,
 }
 
+impl PointInfo {
+    /// Point `seq` before anything of it is sent (and what an unchanged volume reports).
+    fn unsent(seq: u64, point_name: &str, full: bool, created_unix: u64) -> PointInfo {
+        PointInfo {
+            seq,
+            point_name: point_name.to_string(),
+            committed: false,
+            full,
+            resumed: false,
+            created_unix,
+            data_blocks: 0,
+            zero_blocks: 0,
+            segments: 0,
+            segments_reused: 0,
+            bytes_uploaded: 0,
+            bytes_read: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -263,21 +284,9 @@ pub fn ship_once(
                 let (m, _) = latest
                     .as_ref()
                     .ok_or_else(|| Error::Invalid("base without a latest point".into()))?;
-                return Ok(PointInfo {
-                    seq: m.seq,
-                    point_name: m.point_name.clone(),
-                    committed: false,
-                    full: m.full,
-                    resumed: false,
-                    created_unix,
-                    data_blocks: 0,
-                    zero_blocks: 0,
-                    segments: 0,
-                    segments_reused: 0,
-                    bytes_uploaded: 0,
-                    bytes_read: 0,
-                    elapsed: started.elapsed(),
-                });
+                let mut info = PointInfo::unsent(m.seq, &m.point_name, m.full, created_unix);
+                info.elapsed = started.elapsed();
+                return Ok(info);
             }
             let total = changed.range_cardinality(..nblocks as u32);
             let iter = changed
@@ -291,19 +300,8 @@ pub fn ship_once(
     let full = base.is_none();
 
     let mut info = PointInfo {
-        seq,
-        point_name: name.clone(),
-        committed: false,
-        full,
         resumed,
-        created_unix,
-        data_blocks: 0,
-        zero_blocks: 0,
-        segments: 0,
-        segments_reused: 0,
-        bytes_uploaded: 0,
-        bytes_read: 0,
-        elapsed: Duration::ZERO,
+        ..PointInfo::unsent(seq, &name, full, created_unix)
     };
     let segments = send_blocks(
         source,

@@ -188,12 +188,7 @@ fn peer_wrong_key_is_refused_before_any_data() {
     let recv_dir = d.path().join("received");
     let (addr, stop) = start_receiver(&recv_dir);
     let t = peer(addr, b"another-key-of-16+bytes", quick());
-    let e = ship_once(
-        &volume(1),
-        t.as_ref(),
-        &ShipOptions::new(d.path().join("s.json")),
-    )
-    .unwrap_err();
+    let e = ship_error(t.as_ref());
     assert!(
         matches!(&e, shipper::Error::Target(te) if te.kind == TargetErrorKind::Auth),
         "{e}"
@@ -319,15 +314,8 @@ fn peer_unreachable_is_a_clear_error() {
         .unwrap()
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let d = tempfile::tempdir().unwrap();
     let t = peer(addr, KEY, quick());
-    let e = ship_once(
-        &volume(1),
-        t.as_ref(),
-        &ShipOptions::new(d.path().join("s.json")),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = ship_error(t.as_ref()).to_string();
     assert!(
         e.contains(&format!("peer://127.0.0.1:{port}"))
             && e.contains("snapblk receive")

@@ -1,7 +1,10 @@
 //! `S3Target::get` refuses an oversized object without downloading it, even from a server
 //! that ignores the Range header. The server here is a few lines on a loopback port.
 
-use shipper::{Credentials, Retry, S3Target, Target};
+mod common;
+
+use common::loopback_s3_creds;
+use shipper::{Retry, S3Target, Target};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::mpsc;
@@ -39,14 +42,7 @@ fn careless_server(body_len: usize) -> (u16, mpsc::Receiver<(String, usize)>) {
 }
 
 fn target(port: u16) -> S3Target {
-    let creds = Credentials {
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        region: Some("garage".into()),
-        access_key: Some("GK000000000000000000000000".into()),
-        secret_key: Some("s".repeat(64)),
-        peer_key: None,
-        retry: Retry::none(),
-    };
+    let creds = loopback_s3_creds(port, Retry::none());
     S3Target::new("bkt", "p", &creds).unwrap()
 }
 

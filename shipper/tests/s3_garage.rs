@@ -216,29 +216,18 @@ fn s3_unreachable_endpoint_is_a_clear_error() {
         .local_addr()
         .unwrap()
         .port();
-    let creds = Credentials {
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        region: Some("garage".into()),
-        access_key: Some("GK000000000000000000000000".into()),
-        secret_key: Some("s".repeat(64)),
-        peer_key: None,
-        retry: Retry {
+    let creds = loopback_s3_creds(
+        port,
+        Retry {
             attempts: 3,
             initial: Duration::from_millis(50),
             max_delay: Duration::from_millis(100),
             give_up_after: Duration::from_secs(60),
         },
-    };
-    let d = tempfile::tempdir().unwrap();
+    );
     let t = target_from_url("s3://bkt/p", &creds).unwrap();
     let started = std::time::Instant::now();
-    let e = ship_once(
-        &volume(1),
-        t.as_ref(),
-        &ShipOptions::new(d.path().join("s.json")),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = ship_error(t.as_ref()).to_string();
     eprintln!("unreachable -> {e}");
     assert!(
         e.contains(&format!("127.0.0.1:{port}"))

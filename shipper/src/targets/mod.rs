@@ -1,5 +1,5 @@
 //! Where shipped objects live: the [`Target`] trait and its three backends, one module
-//! each — [`file`] (a local directory), [`s3`] (a bucket) and [`peer`] (a `snapblk
+//! each — [`file`](mod@file) (a local directory), [`s3`] (a bucket) and [`peer`] (a `snapblk
 //! receive` process). [`crate::url`] is the one place that turns a URL into one of them.
 //!
 //! The shipper needs only a flat namespace of immutable objects, so a backend is five

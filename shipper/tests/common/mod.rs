@@ -5,7 +5,10 @@ pub mod garage;
 
 pub use fixtures::block_pattern;
 use sha2::{Digest, Sha256};
-use shipper::{remote_restore, ship_once, MemSource, PointInfo, PointSel, ShipOptions, Target};
+use shipper::{
+    remote_restore, ship_once, Credentials, MemSource, PointInfo, PointSel, Retry, ShipOptions,
+    Target,
+};
 use std::path::Path;
 
 pub const BS: u32 = 4096;
@@ -43,6 +46,32 @@ pub fn mutate(src: &MemSource, round: u64) {
     let same = src.image()[(50 * bs) as usize..(51 * bs) as usize].to_vec();
     src.write(50 * bs, &same);
     src.write(size - bs - 100, &block_pattern(2000 + round, 0, 300));
+}
+
+/// Ships a small volume once to `target` with a fresh state, expecting it to fail.
+pub fn ship_error(target: &dyn Target) -> shipper::Error {
+    let d = tempfile::tempdir().unwrap();
+    match ship_once(
+        &volume(1),
+        target,
+        &ShipOptions::new(d.path().join("s.json")),
+    ) {
+        Ok(info) => panic!("the ship succeeded: {info:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Well-formed S3 settings for a server on loopback `port` that is not Garage (nobody,
+/// or a stand-in): the keys are never accepted by a real server.
+pub fn loopback_s3_creds(port: u16, retry: Retry) -> Credentials {
+    Credentials {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: Some("garage".into()),
+        access_key: Some("GK000000000000000000000000".into()),
+        secret_key: Some("s".repeat(64)),
+        peer_key: None,
+        retry,
+    }
 }
 
 /// Ships once and returns the info plus the SHA-256 of the frozen point's image.
