@@ -318,7 +318,7 @@ fn peer_unreachable_is_a_clear_error() {
     let e = ship_error(t.as_ref()).to_string();
     assert!(
         e.contains(&format!("peer://127.0.0.1:{port}"))
-            && e.contains("snapblk receive")
+            && e.contains("is a receiver running on")
             && e.contains("gave up after 3 attempts"),
         "{e}"
     );
