@@ -176,8 +176,11 @@ pub fn status(v: &StatusAnswer) {
         }
         println!("backing     {}", path_or_empty(&d.backing));
         println!("store       {}", path_or_empty(&d.store));
-        if let (Some(q), Some(depth), Some(w)) = (d.nr_queues, d.depth, d.workers) {
-            println!("queues      {q} x depth {depth}, {w} engine workers");
+        if let Some(s) = &d.serving {
+            println!(
+                "queues      {} x depth {}, {} engine workers",
+                s.nr_queues, s.depth, s.workers
+            );
         }
     }
     if let Some(e) = &v.engine {

@@ -4,7 +4,7 @@
 //! engine (checkpoint), delete the device, remove the run directory.
 
 use crate::busy;
-use crate::control::answer::{DeviceInfo, Exported, StatusAnswer, Stopping};
+use crate::control::answer::{DeviceInfo, Exported, Serving, StatusAnswer, Stopping};
 use crate::control::ops::{engine_request, engine_status};
 use crate::control::server::{Handler, Peer, Server};
 use crate::control::{Answer, Failure, FailureKind, Request};
@@ -321,12 +321,14 @@ impl DaemonHandler {
                 pid: Some(std::process::id() as i32),
                 backing: Some(self.spec.backing.clone()),
                 store: Some(self.spec.store.clone()),
-                size: Some(self.engine.size()),
-                block_size: Some(self.engine.block_size()),
-                nr_queues: Some(self.spec.nr_queues),
-                depth: Some(self.spec.depth),
-                workers: Some(self.spec.effective_workers()),
-                uptime_secs: Some(self.started.elapsed().as_secs_f64()),
+                serving: Some(Serving {
+                    size: self.engine.size(),
+                    block_size: self.engine.block_size(),
+                    nr_queues: self.spec.nr_queues,
+                    depth: self.spec.depth,
+                    workers: self.spec.effective_workers(),
+                    uptime_secs: self.started.elapsed().as_secs_f64(),
+                }),
             }),
             engine,
             io: Some(self.stats.snapshot()),

@@ -99,12 +99,7 @@ fn summary(id: u32) -> DeviceInfo {
         pid,
         backing: spec.as_ref().map(|s| s.backing.clone()),
         store: spec.as_ref().map(|s| s.store.clone()),
-        size: None,
-        block_size: None,
-        nr_queues: None,
-        depth: None,
-        workers: None,
-        uptime_secs: None,
+        serving: None,
     }
 }
 

@@ -62,7 +62,7 @@ impl Answer {
 }
 
 /// A device as `status` and `list` show it: from its running daemon, or from its run
-/// directory when the daemon is gone (then only the first six fields are known).
+/// directory when the daemon is gone (then `serving` is absent).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceInfo {
     /// Device id.
@@ -77,24 +77,26 @@ pub struct DeviceInfo {
     pub backing: Option<PathBuf>,
     /// Store, when the run directory records it.
     pub store: Option<PathBuf>,
-    /// Origin size in bytes (running daemons only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    /// Tracking block size (running daemons only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub block_size: Option<u32>,
-    /// Hardware queues (running daemons only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nr_queues: Option<u16>,
-    /// Queue depth (running daemons only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub depth: Option<u16>,
-    /// Engine worker threads (running daemons only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workers: Option<usize>,
-    /// Seconds since the daemon started serving (running daemons only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uptime_secs: Option<f64>,
+    /// What only a running daemon knows; its fields sit beside the others in JSON.
+    #[serde(flatten)]
+    pub serving: Option<Serving>,
+}
+
+/// The shape of a device its running daemon serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Serving {
+    /// Origin size in bytes.
+    pub size: u64,
+    /// Tracking block size.
+    pub block_size: u32,
+    /// Hardware queues.
+    pub nr_queues: u16,
+    /// Queue depth.
+    pub depth: u16,
+    /// Engine worker threads.
+    pub workers: usize,
+    /// Seconds since the daemon started serving.
+    pub uptime_secs: f64,
 }
 
 /// `status`: the device (absent offline), its I/O counters (absent offline), the engine
@@ -239,4 +241,41 @@ pub struct ShipJob {
     /// The scheduler's statistics.
     #[serde(flatten)]
     pub stats: SchedulerStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_served_device_shows_its_shape_beside_its_identity_and_a_dead_one_does_not() {
+        let mut d = DeviceInfo {
+            id: 3,
+            path: "/dev/ublkb3".into(),
+            state: "running".into(),
+            pid: Some(7),
+            backing: None,
+            store: None,
+            serving: Some(Serving {
+                size: 1 << 20,
+                block_size: 4096,
+                nr_queues: 1,
+                depth: 64,
+                workers: 8,
+                uptime_secs: 1.5,
+            }),
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            (v["size"].as_u64(), v["uptime_secs"].as_f64()),
+            (Some(1 << 20), Some(1.5))
+        );
+        let back: DeviceInfo = serde_json::from_value(v).unwrap();
+        assert_eq!(back.serving.map(|s| s.depth), Some(64));
+        d.serving = None;
+        let v = serde_json::to_value(&d).unwrap();
+        assert!(v.get("size").is_none(), "{v}");
+        let back: DeviceInfo = serde_json::from_value(v).unwrap();
+        assert!(back.serving.is_none());
+    }
 }

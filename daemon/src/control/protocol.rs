@@ -418,9 +418,9 @@ mod tests {
             d.contains("<redacted>") && d.contains("127.0.0.1:3900"),
             "{d}"
         );
-        let e = Request::decode(
+        let e = Request::decode(&v2(
             r#"{"op":"ship_start","url":"file:///x","interval_ms":5,"secrets":{}}"#,
-        )
+        ))
         .unwrap_err();
         assert!(e.message.contains("100ms"), "{e}");
     }
