@@ -86,8 +86,13 @@ fn advice_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(e) = cause.downcast_ref::<snapmap::Error>() {
         return engine_advice(e);
     }
+    if let Some(e) = cause.downcast_ref::<shipper::TargetError>() {
+        return target_advice(e);
+    }
     if let Some(e) = cause.downcast_ref::<shipper::Error>() {
         return match e {
+            // Transparent: the target's error is not a cause of its own in the chain.
+            shipper::Error::Target(t) => target_advice(t),
             shipper::Error::Source { .. } | shipper::Error::Corrupt { .. } => {
                 kind_advice(&FailureKind::of_shipper(e))
             }
@@ -110,6 +115,13 @@ fn device_advice(e: &ublk_target::Error) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// A peer that could not be reached (after retries) is most often a receiver that is not
+/// running; the other targets' errors name their own fix (the S3 endpoint variable).
+fn target_advice(e: &shipper::TargetError) -> Option<String> {
+    (e.kind == shipper::TargetErrorKind::Transient && e.object.starts_with("peer://"))
+        .then(|| "; start `snapblk receive` on the peer if it is not running".into())
 }
 
 fn version_advice() -> String {
@@ -148,7 +160,6 @@ fn kind_advice(kind: &FailureKind) -> Option<String> {
             ": if you moved or copied the pair together (and {found} was not written since without the daemon), pass --adopt to bind the store to {found}; otherwise pass the store that belongs to {found}"
         ),
         FailureKind::NotAStore => ": point --store at the store of this backing file, or give `snapblk create` a --store path that does not exist yet to start a new store".into(),
-        FailureKind::FutureVersion => ": upgrade snapblk".into(),
         FailureKind::NoBacking { path } => {
             format!(": create it (e.g. `truncate -s 20G {path}`) or pass --size")
         }
@@ -165,6 +176,7 @@ fn kind_advice(kind: &FailureKind) -> Option<String> {
         FailureKind::Other
         | FailureKind::Busy
         | FailureKind::SnapshotExists
+        | FailureKind::FutureVersion
         | FailureKind::OriginSize => return None,
     })
 }

@@ -42,7 +42,7 @@ pub enum Error {
         store: String,
     },
     /// The store was written by a newer snapblk.
-    #[error("store {store} has format version {found}, newer than this build reads ({supported})")]
+    #[error("store {store} has format version {found}, newer than this build reads ({supported}): upgrade snapblk")]
     FutureVersion {
         /// The store's name.
         store: String,
