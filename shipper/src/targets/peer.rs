@@ -324,7 +324,7 @@ impl PeerTarget {
             return Err(self.terr(
                 TargetErrorKind::Permanent,
                 "",
-                "the server is not a snapblk receiver of protocol version 1",
+                "the server does not speak version 1 of the snapblk peer protocol",
             ));
         }
         let ns: [u8; 32] = hello[12..44]
