@@ -29,6 +29,39 @@ fn ring(qd: usize) -> Result<IoUring> {
     )
 }
 
+/// A ring with `qd` aligned buffers of `len` bytes: each buffer is a slot, owned by one
+/// request in flight from its submission until its completion is reaped.
+struct Slots {
+    ring: IoUring,
+    bufs: Vec<AlignedBuf>,
+    /// The operation (index into the caller's list) each busy slot serves.
+    op_of: Vec<usize>,
+    free: Vec<usize>,
+}
+
+impl Slots {
+    fn new(qd: usize, len: usize) -> Result<Self> {
+        let qd = qd.clamp(1, 1 << SLOT_BITS);
+        Ok(Slots {
+            ring: ring(qd)?,
+            bufs: (0..qd).map(|_| AlignedBuf::zeroed(len)).collect(),
+            op_of: vec![0; qd],
+            free: (0..qd).rev().collect(),
+        })
+    }
+
+    /// Submits what is queued, waits for one completion at least, and returns every
+    /// completion there is as (user data, result).
+    fn submit_and_reap(&mut self, what: impl FnOnce() -> String) -> Result<Vec<(u64, i32)>> {
+        self.ring.submit_and_wait(1).with_context(what)?;
+        Ok(self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect())
+    }
+}
+
 fn push(ring: &mut IoUring, e: &squeue::Entry) -> Result<()> {
     // SAFETY: every buffer an entry points at lives in `bufs` of the caller, which is not
     // touched until the entry's completion has been reaped.
@@ -65,20 +98,16 @@ pub fn run(
     mut fill: impl FnMut(usize, &mut [u8]),
     mut check: impl FnMut(usize, &[u8]) -> Result<()>,
 ) -> Result<Duration> {
-    let qd = qd.clamp(1, 1 << SLOT_BITS);
-    let mut ring = ring(qd)?;
-    let mut bufs: Vec<AlignedBuf> = (0..qd).map(|_| AlignedBuf::zeroed(len)).collect();
-    let mut op_of: Vec<usize> = vec![0; qd];
-    let mut free: Vec<usize> = (0..qd).rev().collect();
+    let mut q = Slots::new(qd, len)?;
     let fd = types::Fd(file.as_raw_fd());
     let n = offsets.len();
     let (mut next, mut done) = (0usize, 0usize);
     let start = Instant::now();
     while done < n {
         while next < n {
-            let Some(slot) = free.pop() else { break };
+            let Some(slot) = q.free.pop() else { break };
             let off = offsets[next];
-            let buf = &mut bufs[slot];
+            let buf = &mut q.bufs[slot];
             let e = match dir {
                 Dir::Write => {
                     fill(next, buf);
@@ -90,25 +119,20 @@ pub fn run(
                     .offset(off)
                     .build(),
             };
-            op_of[slot] = next;
-            push(&mut ring, &e.user_data(slot as u64))?;
+            q.op_of[slot] = next;
+            push(&mut q.ring, &e.user_data(slot as u64))?;
             next += 1;
         }
-        ring.submit_and_wait(1)
-            .with_context(|| format!("io_uring submit on {name}"))?;
-        let reaped: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
+        let reaped = q.submit_and_reap(|| format!("io_uring submit on {name}"))?;
         for (ud, res) in reaped {
             let slot = ud as usize;
-            let i = op_of[slot];
+            let i = q.op_of[slot];
             let what = if dir == Dir::Read { "read" } else { "write" };
             check_len(res, len, what, name, offsets[i])?;
             if dir == Dir::Read {
-                check(i, &bufs[slot])?;
+                check(i, &q.bufs[slot])?;
             }
-            free.push(slot);
+            q.free.push(slot);
             done += 1;
         }
     }
@@ -125,47 +149,39 @@ pub fn copy(
     len: usize,
     qd: usize,
 ) -> Result<Duration> {
-    let qd = qd.clamp(1, 1 << SLOT_BITS);
-    let mut ring = ring(qd)?;
-    let mut bufs: Vec<AlignedBuf> = (0..qd).map(|_| AlignedBuf::zeroed(len)).collect();
-    let mut op_of: Vec<usize> = vec![0; qd];
-    let mut free: Vec<usize> = (0..qd).rev().collect();
+    let mut q = Slots::new(qd, len)?;
     let (sfd, dfd) = (types::Fd(src.as_raw_fd()), types::Fd(dst.as_raw_fd()));
     let n = pairs.len();
     let (mut next, mut done) = (0usize, 0usize);
     let start = Instant::now();
     while done < n {
         while next < n {
-            let Some(slot) = free.pop() else { break };
-            let e = opcode::Read::new(sfd, bufs[slot].as_mut_ptr(), len as u32)
+            let Some(slot) = q.free.pop() else { break };
+            let e = opcode::Read::new(sfd, q.bufs[slot].as_mut_ptr(), len as u32)
                 .offset(pairs[next].0)
                 .build()
                 .user_data(slot as u64);
-            op_of[slot] = next;
-            push(&mut ring, &e)?;
+            q.op_of[slot] = next;
+            push(&mut q.ring, &e)?;
             next += 1;
         }
-        ring.submit_and_wait(1)
-            .with_context(|| format!("io_uring submit while copying to {dst_name}"))?;
-        let reaped: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
+        let reaped =
+            q.submit_and_reap(|| format!("io_uring submit while copying to {dst_name}"))?;
         for (ud, res) in reaped {
             let slot = (ud & ((1 << SLOT_BITS) - 1)) as usize;
             let written = ud >> SLOT_BITS == 1;
-            let (s, d) = pairs[op_of[slot]];
+            let (s, d) = pairs[q.op_of[slot]];
             if written {
                 check_len(res, len, "write", dst_name, d)?;
-                free.push(slot);
+                q.free.push(slot);
                 done += 1;
             } else {
                 check_len(res, len, "read", "the copy source", s)?;
-                let e = opcode::Write::new(dfd, bufs[slot].as_ptr(), len as u32)
+                let e = opcode::Write::new(dfd, q.bufs[slot].as_ptr(), len as u32)
                     .offset(d)
                     .build()
                     .user_data(slot as u64 | 1 << SLOT_BITS);
-                push(&mut ring, &e)?;
+                push(&mut q.ring, &e)?;
             }
         }
     }

@@ -64,11 +64,7 @@ fn with_file_limit(v: &Vol, args: &[String], limit: u64) -> Output {
 fn a_volume_copied_elsewhere_opens_with_adopt_and_keeps_its_snapshots() {
     let v = snapped();
     let live = std::fs::read(&v.backing).unwrap();
-    let moved = v.p("moved");
-    std::fs::create_dir(&moved).unwrap();
-    let (b, s) = (moved.join("disk.img"), moved.join("disk.img.snapstore"));
-    std::fs::copy(&v.backing, &b).unwrap();
-    std::fs::copy(&v.store, &s).unwrap();
+    let (b, s) = v.copy_pair("moved");
     let store_before = std::fs::read(&s).unwrap();
 
     // Refused, and the message names the flag that keeps the snapshots.
@@ -100,30 +96,18 @@ fn a_volume_copied_elsewhere_opens_with_adopt_and_keeps_its_snapshots() {
     ok(&v.run_offline(&["status"]));
 
     // A read-write verb adopts in its own open; status takes the flag too.
-    let again = v.p("again");
-    std::fs::create_dir(&again).unwrap();
-    let (b2, s2) = (again.join("disk.img"), again.join("disk.img.snapstore"));
-    std::fs::copy(&v.backing, &b2).unwrap();
-    std::fs::copy(&v.store, &s2).unwrap();
+    let (b2, s2) = v.copy_pair("again");
     fails_with(&on(&v, &["status"], &b2, &s2), "pass --adopt");
     ok(&on(&v, &["status", "--adopt"], &b2, &s2));
     ok(&on(&v, &["snapshot", "create", "s2"], &b2, &s2));
 
-    let again = v.p("third");
-    std::fs::create_dir(&again).unwrap();
-    let (b3, s3) = (again.join("disk.img"), again.join("disk.img.snapstore"));
-    std::fs::copy(&v.backing, &b3).unwrap();
-    std::fs::copy(&v.store, &s3).unwrap();
+    let (b3, s3) = v.copy_pair("third");
     let out = ok(&on(&v, &["restore", "s1", "--adopt"], &b3, &s3));
     assert!(out.contains("undo with"), "{out}");
     assert!(std::fs::read(&b3).unwrap() == pattern(1, BS * BLOCKS));
 
     // ship checks its flags before the store is touched, then adopts in its one open.
-    let again = v.p("fourth");
-    std::fs::create_dir(&again).unwrap();
-    let (b4, s4) = (again.join("disk.img"), again.join("disk.img.snapstore"));
-    std::fs::copy(&v.backing, &b4).unwrap();
-    std::fs::copy(&v.store, &s4).unwrap();
+    let (b4, s4) = v.copy_pair("fourth");
     let before = std::fs::read(&s4).unwrap();
     let url = format!("file://{}", v.s("remote-adopt"));
     fails_with(

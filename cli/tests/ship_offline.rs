@@ -69,10 +69,13 @@ fn ship_change_ship_then_restore_each_point_verify_prune_and_detect_tampering() 
         .collect();
     assert_eq!(seqs, vec![seq1, seq2]);
 
-    let restore = |point: &str, out: &str| {
-        ok(&v.run(&[
+    let run_restore = |point: &str, out: &str| {
+        v.run(&[
             "remote", "restore", "--from", &url, "--point", point, "--to", out,
-        ]));
+        ])
+    };
+    let restore = |point: &str, out: &str| {
+        ok(&run_restore(point, out));
         std::fs::read(out).unwrap()
     };
     assert!(
@@ -87,32 +90,8 @@ fn ship_change_ship_then_restore_each_point_verify_prune_and_detect_tampering() 
         restore("latest", &v.s("rl.img")) == at2,
         "latest != export of at2"
     );
-    fails_with(
-        &v.run(&[
-            "remote",
-            "restore",
-            "--from",
-            &url,
-            "--point",
-            "latest",
-            "--to",
-            &v.s("r1.img"),
-        ]),
-        "already exists",
-    );
-    fails_with(
-        &v.run(&[
-            "remote",
-            "restore",
-            "--from",
-            &url,
-            "--point",
-            "x",
-            "--to",
-            &v.s("rx.img"),
-        ]),
-        "--point",
-    );
+    fails_with(&run_restore("latest", &v.s("r1.img")), "already exists");
+    fails_with(&run_restore("x", &v.s("rx.img")), "--point");
 
     let out = ok(&v.run(&["remote", "verify", "--from", &url]));
     assert!(out.contains(&format!("point {seq2}: ok")), "{out}");

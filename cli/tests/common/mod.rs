@@ -13,11 +13,11 @@ use std::process::{Command, Output, Stdio};
 /// Tracking block size of the test volumes.
 pub const BS: usize = 4096;
 
-/// `len` bytes that differ for every `seed` and every block (none all zero).
+/// `len` bytes of test data that differ for every `seed` and every block (none all
+/// zero): [`fixtures::block_pattern`], so a shorter run is a prefix of a longer one
+/// and a failing test replays exactly.
 pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i / BS) as u8)
-        .collect()
+    fixtures::block_pattern(seed.into(), 0, len)
 }
 
 /// The built binary with an environment that cannot leak the caller's settings
@@ -119,6 +119,17 @@ impl Vol {
     /// The same, as a string.
     pub fn s(&self, name: &str) -> String {
         self.p(name).display().to_string()
+    }
+
+    /// Copies the backing file and its store together into a new directory `name` of the
+    /// volume's, as `cp disk.img disk.img.snapstore NAME/` would; returns the copies' paths.
+    pub fn copy_pair(&self, name: &str) -> (PathBuf, PathBuf) {
+        let to = self.p(name);
+        std::fs::create_dir(&to).unwrap();
+        let (b, s) = (to.join("disk.img"), to.join("disk.img.snapstore"));
+        std::fs::copy(&self.backing, &b).unwrap();
+        std::fs::copy(&self.store, &s).unwrap();
+        (b, s)
     }
 
     /// The daemon state directory the binary is pointed at (always empty: no daemons).
