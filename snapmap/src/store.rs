@@ -748,7 +748,7 @@ impl Store {
                 j += 1;
             }
             // The pieces go as they are (one piece is a plain write): joining them first copied
-            // every preserved block once more, a quarter of a restore's CPU (bench/README.md,
+            // every preserved block once more, a quarter of a restore's CPU (bench/HISTORY.md,
             // 2026-12-04).
             let pieces: Vec<&[u8]> = items[i..j].iter().map(|it| src(it.1)).collect();
             self.dev

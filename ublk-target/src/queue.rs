@@ -26,7 +26,7 @@
 //! of libublk's loop example in its default mode) serves it without an
 //! executor's wake-up and scheduling in between. In the emulated guest the
 //! task model cost the example a fifth to a third of its 4 KiB write rate,
-//! and leaving it gained snapblk about a fifth (bench/README.md).
+//! and leaving it gained snapblk about a fifth (bench/HISTORY.md).
 //!
 //! Worker and commit-thread results come back through the queue's
 //! [`Completions`]: one eventfd read in flight on the ring. Jobs are handed to
