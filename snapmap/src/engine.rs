@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::commit::{Committer, Kept, Request};
 use crate::csum::{fingerprint, CsumCache};
 use crate::error::{Error, Result};
-use crate::format::{Entry, JournalBlock, MAX_BLOCK, MIN_BLOCK, SUPER_SLOTS};
+use crate::format::{Entry, MAX_BLOCK, MIN_BLOCK, SUPER_SLOTS};
 use crate::index::{Index, SlotRef};
 use crate::io::{AlignedBuf, BlockDev, FileDev};
 use crate::locks::BlockLocks;
@@ -1047,15 +1047,6 @@ impl Engine {
         self.committer.commit(req, |batch| self.run_group(batch))
     }
 
-    fn store_full_error(&self, ix: &Index) -> Error {
-        let bs = self.bs as u64;
-        Error::StoreFull {
-            store: self.store_name.clone(),
-            used_bytes: ix.alloc.used() * bs,
-            capacity_bytes: ix.alloc.limit().unwrap_or(ix.alloc.high_water()) * bs,
-        }
-    }
-
     /// One [`Error::Failed`] per request, when the engine stopped taking writes (`why`).
     fn all_failed(&self, n: usize, why: &Error) -> Vec<Result<()>> {
         let reason = why.to_string();
@@ -1069,238 +1060,41 @@ impl Engine {
             .collect()
     }
 
-    /// Commits one group (run by the leader only; see commit.rs).
+    /// Commits one group (run by the leader only; see commit.rs). The store does the bytes
+    /// ([`Store::append_group`]); the engine keeps its flags, counters and the checkpoint
+    /// schedule.
     fn run_group(&self, batch: &[Request]) -> Vec<Result<()>> {
-        let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
-        let done = |out: Vec<Option<Result<()>>>| -> Vec<Result<()>> {
-            out.into_iter()
-                .map(|r| {
-                    r.unwrap_or_else(|| {
-                        Err(Error::Invalid(format!(
-                            "a commit request to store {} got no result (a bug): reopen the store",
-                            self.store_name
-                        )))
-                    })
-                })
-                .collect()
-        };
         if let Err(e) = self.check_writable() {
             return self.all_failed(batch.len(), &e);
         }
-        let bs = self.bs as usize;
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        // 1. Room for the preserved blocks, per request: one request failing for lack of room
-        //    does not fail its neighbours.
-        let mut accepted: Vec<(usize, &Request, Vec<u64>)> = Vec::with_capacity(batch.len());
-        // Whether a request of this group found no room: the store then stays marked full
-        // even if a smaller one fitted, because writes needing a preserve are failing.
-        let mut short_of_room = false;
-        {
-            let mut ix = write_lock(&self.index);
-            for (t, req) in batch.iter().enumerate() {
-                if req.blocks.is_empty() {
-                    accepted.push((t, req, Vec::new()));
-                    continue;
-                }
-                match ix.alloc.alloc_data(req.blocks.len() as u64) {
-                    Some(slots) => accepted.push((t, req, slots)),
-                    None => {
-                        short_of_room = true;
-                        self.store_full.store(true, Ordering::Release);
-                        add(&self.counters.store_full, 1);
-                        out[t] = Some(Err(self.store_full_error(&ix)));
-                    }
-                }
-            }
+        let Writer { store, pos, .. } = &mut *w;
+        let g = store.append_group(&self.index, pos, batch);
+        if let Some(reason) = g.failed {
+            self.fail(reason);
         }
-        if accepted.is_empty() {
-            return done(out);
-        }
-        // 2. Journal entries: preserves first, then events, in request order.
-        let preserved: usize = accepted.iter().map(|(_, r, _)| r.blocks.len()).sum();
-        let events: usize = accepted.iter().map(|(_, r, _)| r.meta.len()).sum();
-        let mut entries = Vec::with_capacity(preserved + events);
-        let mut data: Vec<(u64, &[u8])> = Vec::with_capacity(preserved);
-        for (_, req, slots) in &accepted {
-            for (kept, &slot) in req.blocks.iter().zip(slots) {
-                let at = kept.at as usize;
-                entries.push(Entry::Preserve {
-                    snap: req.snap,
-                    block: kept.block,
-                    slot,
-                    crc: kept.crc,
-                });
-                data.push((slot, &req.data[at * bs..(at + 1) * bs]));
-            }
-            entries.extend(req.meta.iter().cloned());
-        }
-        // 3. Pack into journal blocks; each names the slot of the next, allocated now.
-        let cap = JournalBlock::capacity(self.bs);
-        // Most groups fit one journal block.
-        let mut groups: Vec<Vec<Entry>> = vec![Vec::with_capacity(entries.len())];
-        let mut used = 8; // bincode's length prefix
-        for e in entries {
-            let l = JournalBlock::entry_len(&e);
-            if used + l > cap && !groups.last().is_none_or(|g| g.is_empty()) {
-                groups.push(Vec::new());
-                used = 8;
-            }
-            used += l;
-            if let Some(g) = groups.last_mut() {
-                g.push(e);
-            }
-        }
-        let k = groups.len();
-        let next_slots = {
-            let mut ix = write_lock(&self.index);
-            match ix.alloc.alloc_meta(k as u64) {
-                Some(s) => s,
-                None => {
-                    for (_, _, slots) in &accepted {
-                        for &s in slots {
-                            ix.alloc.free(s);
-                        }
-                    }
-                    self.store_full.store(true, Ordering::Release);
-                    for (t, _, _) in accepted {
-                        out[t] = Some(Err(self.store_full_error(&ix)));
-                    }
-                    return done(out);
-                }
-            }
-        };
-        // Room on the device for every slot this group uses, reserved (and recorded) before
-        // any of them is written. Failing here changes nothing, so it only fails this group.
-        let highest = accepted
+        let full = g
+            .results
             .iter()
-            .flat_map(|(_, _, s)| s.iter())
-            .chain(next_slots.iter())
-            .chain(std::iter::once(&w.pos.slot))
-            .copied()
-            .max()
-            .unwrap_or(0);
-        if let Err(ge) = w.store.ensure_slots(highest + 1) {
-            let err = match ge {
-                crate::store::GroupError::Sync(e) => {
-                    self.fail(e.to_string());
-                    e
-                }
-                crate::store::GroupError::Write(e) => e,
-            };
-            let mut ix = write_lock(&self.index);
-            for (_, _, slots) in &accepted {
-                for &s in slots {
-                    ix.alloc.free(s);
-                }
-            }
-            for &s in &next_slots {
-                ix.alloc.free(s);
-            }
-            let no_space = matches!(&err, Error::Io { source, .. }
-                if matches!(source.raw_os_error(), Some(28) | Some(27)));
-            for (t, _, _) in accepted {
-                let e = if no_space {
-                    self.store_full.store(true, Ordering::Release);
-                    add(&self.counters.store_full, 1);
-                    self.store_full_error(&ix)
-                } else {
-                    Error::io(
-                        format!("grow store {}", self.store_name),
-                        std::io::Error::other(err.to_string()),
-                    )
-                };
-                out[t] = Some(Err(e));
-            }
-            return done(out);
+            .filter(|r| matches!(r, Err(e) if e.is_store_full()));
+        let full = full.count() as u64;
+        if full > 0 {
+            // Writes needing a preserve are failing: the store stays marked full even if a
+            // smaller request of the same group fitted.
+            self.store_full.store(true, Ordering::Release);
+            add(&self.counters.store_full, full);
+        } else if g.had_room {
+            self.store_full.store(false, Ordering::Release);
         }
-        let mut blocks = Vec::with_capacity(k);
-        let mut slot = w.pos.slot;
-        for (i, g) in groups.into_iter().enumerate() {
-            blocks.push((
-                slot,
-                JournalBlock {
-                    flags: if i + 1 == k {
-                        crate::format::FLAG_GROUP_END
-                    } else {
-                        0
-                    },
-                    epoch: w.store.superblock().epoch,
-                    seq: w.pos.seq + i as u64,
-                    next_slot: next_slots[i],
-                    entries: g,
-                },
-            ));
-            slot = next_slots[i];
+        if g.journal_blocks == 0 {
+            return g.results;
         }
-        // 4. One write per contiguous stretch, one sync.
-        if let Err(ge) = w.store.write_group(&blocks, &data) {
-            // What reached the store is unknown (a failed write may have left the group's
-            // journal block in place; a failed sync may have dropped pages). Serving on would
-            // let the in-memory index and the disk disagree, so stop taking writes: reopening
-            // (`snapblk recover`) replays the journal and makes the disk the authority again.
-            let (crate::store::GroupError::Write(err) | crate::store::GroupError::Sync(err)) = ge;
-            self.fail(err.to_string());
-            let no_space = matches!(&err, Error::Io { source, .. }
-                if matches!(source.raw_os_error(), Some(28) | Some(27)));
-            let ix = read_lock(&self.index);
-            for (t, _, _) in accepted {
-                let e = if no_space {
-                    self.store_full.store(true, Ordering::Release);
-                    add(&self.counters.store_full, 1);
-                    Error::StoreFull {
-                        store: self.store_name.clone(),
-                        used_bytes: ix.alloc.used() * self.bs as u64,
-                        capacity_bytes: self.store_dev.len().unwrap_or(0),
-                    }
-                } else {
-                    Error::Failed {
-                        store: self.store_name.clone(),
-                        reason: err.to_string(),
-                    }
-                };
-                out[t] = Some(Err(e));
-            }
-            return done(out);
-        }
-        // 5. Durable: apply to the index, then release the callers.
-        {
-            let mut ix = write_lock(&self.index);
-            for (_, jb) in &blocks {
-                for e in &jb.entries {
-                    if let Err(err) = ix.apply(e) {
-                        drop(ix);
-                        self.fail(format!(
-                            "applying a committed journal entry failed: {}",
-                            err.0
-                        ));
-                        for (t, _, _) in accepted {
-                            out[t] = Some(Err(Error::Failed {
-                                store: self.store_name.clone(),
-                                reason: err.0.clone(),
-                            }));
-                        }
-                        return done(out);
-                    }
-                }
-            }
-            ix.journal_slots.extend(blocks.iter().map(|(s, _)| *s));
-            if !short_of_room && accepted.iter().any(|(_, r, _)| !r.blocks.is_empty()) {
-                self.store_full.store(false, Ordering::Release);
-            }
-        }
-        w.pos = JournalPos {
-            seq: w.pos.seq + k as u64,
-            slot: next_slots[k - 1],
-        };
-        w.since_checkpoint += k as u64;
+        w.since_checkpoint += g.journal_blocks;
         add(&self.counters.groups, 1);
-        add(&self.counters.group_requests, accepted.len() as u64);
+        add(&self.counters.group_requests, g.committed as u64);
         self.counters
             .max_group
-            .fetch_max(accepted.len() as u64, Ordering::Relaxed);
-        for (t, _, _) in accepted {
-            out[t] = Some(Ok(()));
-        }
+            .fetch_max(g.committed as u64, Ordering::Relaxed);
         // Journal blocks are only freed by a checkpoint. Checkpoint on a fixed period, and
         // also once the journal holds more than an eighth of the used slots: that bounds the
         // journal's share of the store, and a checkpoint (about 12 bytes per preserved block)
@@ -1313,7 +1107,7 @@ impl Engine {
                 tracing::warn!(store = %self.store_name, error = %e, "checkpoint failed; the journal keeps growing");
             }
         }
-        done(out)
+        g.results
     }
 
     fn checkpoint_locked(&self, w: &mut Writer) -> Result<bool> {
@@ -1325,19 +1119,15 @@ impl Engine {
                 add(&self.counters.checkpoints, 1);
             }
             Ok(false) => {}
-            Err(ref e) => {
-                if let Error::Io { source, .. } = e {
-                    self.fail(e.to_string());
-                    if matches!(source.raw_os_error(), Some(28) | Some(27)) {
-                        self.store_full.store(true, Ordering::Release);
-                        return Err(Error::StoreFull {
-                            store: self.store_name.clone(),
-                            used_bytes: read_lock(&self.index).alloc.used() * self.bs as u64,
-                            capacity_bytes: self.store_dev.len().unwrap_or(0),
-                        });
-                    }
+            Err(ref e @ Error::Io { .. }) => {
+                self.fail(e.to_string());
+                if crate::store::is_no_space(e) {
+                    self.store_full.store(true, Ordering::Release);
+                    let ix = read_lock(&self.index);
+                    return Err(w.store.full_error(&ix, crate::store::Full::Device));
                 }
             }
+            Err(_) => {}
         }
         r
     }
