@@ -9,7 +9,7 @@
 //!
 //! Layout (after dm-snapshot's split of policy and exception store):
 //! - [`engine`]: the write path and snapshot operations — what happens on a first write is
-//!   `Engine::write_locked`;
+//!   `Engine::write_locked` in `engine/write.rs`, under the ordering rule stated there;
 //! - [`index`]: the snapshot chain, deltas and slot allocator (pure data);
 //! - [`store`] and [`format`]: the bytes on the store device (superblock, journal,
 //!   checkpoints), documented in `FORMAT.md`;

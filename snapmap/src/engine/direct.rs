@@ -20,8 +20,9 @@
 //!   [`CowWrite::prepare`] compares them with the new data and hands back a [`Preserve`] (the
 //!   originals that really change), [`Engine::commit_preserves`] makes a batch of those durable
 //!   in group commits, and only after [`CowWrite::committed`] accepted a successful result does
-//!   [`CowWrite::writes`] name the origin writes to issue. That order is the ordering rule: no
-//!   new data can reach the origin before its block's original and mapping are durable.
+//!   [`CowWrite::writes`] name the origin writes to issue. That order is the ordering rule
+//!   (stated in `write.rs`): no new data can reach the origin before its block's original and
+//!   mapping are durable.
 
 use super::{add, Engine, MAX_RUN};
 use crate::commit::{Kept, Request};

@@ -1,6 +1,7 @@
 //! The bytes on the store device: formatting, opening (superblock → checkpoint → journal
-//! replay), appending commit groups, and writing checkpoints. Ordering rules live here, next to
-//! the writes they order; `FORMAT.md` explains why they are enough.
+//! replay), appending commit groups, and writing checkpoints. The store's own ordering rules
+//! (growth recorded before it is used, a checkpoint synced before the superblock names it)
+//! live here, next to the writes they order; `FORMAT.md` explains why they are enough.
 //!
 //! - `mod.rs`: the store handle, formatting, growth, the superblock and what "full" means;
 //! - `open.rs`: choosing a superblock copy, loading the checkpoint, replaying the journal;
