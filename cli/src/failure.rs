@@ -181,6 +181,19 @@ fn kind_advice(kind: &FailureKind) -> Option<String> {
     })
 }
 
+/// A device spec refused before anything was started, in the terms of the flags that set it
+/// (`--depth 0 out of range: use 1..=4096`).
+pub fn spec_message(e: &ublk_target::SpecError) -> String {
+    use ublk_target::SpecError as S;
+    match e {
+        S::Queues(n) => format!("--queues {n} out of range: use 1..=32"),
+        S::Depth(n) => format!("--depth {n} out of range: use 1..=4096"),
+        S::BlockSize(n) => format!("--block-size {n} invalid: use a power of two from 4K to 64K"),
+        S::Size(n) => format!("--size {n} invalid: use a non-zero multiple of 512 bytes"),
+        S::IoBuffer(_) | S::RelativePath => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

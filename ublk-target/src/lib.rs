@@ -26,4 +26,4 @@ mod volume;
 pub mod worker;
 
 pub use error::Error;
-pub use spec::DeviceSpec;
+pub use spec::{DeviceSpec, SpecError};

@@ -83,41 +83,54 @@ impl DeviceSpec {
     }
 
     /// Checks the numbers the kernel would reject with a bare EINVAL.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         if !(1..=32).contains(&self.nr_queues) {
-            return Err(format!(
-                "--queues {} out of range: use 1..=32",
-                self.nr_queues
-            ));
+            return Err(SpecError::Queues(self.nr_queues));
         }
         if !(1..=4096).contains(&self.depth) {
-            return Err(format!("--depth {} out of range: use 1..=4096", self.depth));
+            return Err(SpecError::Depth(self.depth));
         }
         if !self.block_size.is_power_of_two() || !(4096..=65536).contains(&self.block_size) {
-            return Err(format!(
-                "--block-size {} invalid: use a power of two from 4K to 64K",
-                self.block_size
-            ));
+            return Err(SpecError::BlockSize(self.block_size));
         }
         if !self.io_buf_bytes.is_multiple_of(4096) || !(4096..=1 << 20).contains(&self.io_buf_bytes)
         {
-            return Err(format!(
-                "io buffer size {} invalid: use a multiple of 4K up to 1M",
-                self.io_buf_bytes
-            ));
+            return Err(SpecError::IoBuffer(self.io_buf_bytes));
         }
         if let Some(size) = self.size {
             if size == 0 || !size.is_multiple_of(512) {
-                return Err(format!(
-                    "--size {size} invalid: use a non-zero multiple of 512 bytes"
-                ));
+                return Err(SpecError::Size(size));
             }
         }
         if !self.backing.is_absolute() || !self.store.is_absolute() {
-            return Err("backing and store paths must be absolute".into());
+            return Err(SpecError::RelativePath);
         }
         Ok(())
     }
+}
+
+/// A device spec the kernel would refuse. Each variant names the setting and the value; the
+/// frontend that took the value (a command-line flag, say) names it in its own terms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Hardware queues outside 1..=32.
+    #[error("{0} queues out of range: use 1..=32")]
+    Queues(u16),
+    /// Queue depth outside 1..=4096.
+    #[error("queue depth {0} out of range: use 1..=4096")]
+    Depth(u16),
+    /// Block size not a power of two from 4 KiB to 64 KiB.
+    #[error("block size {0} invalid: use a power of two from 4K to 64K")]
+    BlockSize(u32),
+    /// I/O buffer size not a multiple of 4 KiB up to 1 MiB.
+    #[error("io buffer size {0} invalid: use a multiple of 4K up to 1M")]
+    IoBuffer(u32),
+    /// Device size zero or not a multiple of 512 bytes.
+    #[error("size {0} invalid: use a non-zero multiple of 512 bytes")]
+    Size(u64),
+    /// The backing or store path is relative (the daemon runs in another directory).
+    #[error("backing and store paths must be absolute")]
+    RelativePath,
 }
 
 #[cfg(test)]
@@ -137,16 +150,17 @@ mod tests {
         let mut s = DeviceSpec::new("/a".into(), "/b".into());
         assert!(s.validate().is_ok());
         s.block_size = 3000;
-        assert!(s.validate().unwrap_err().contains("--block-size"));
+        assert_eq!(s.validate(), Err(SpecError::BlockSize(3000)));
         s.block_size = 4096;
         s.depth = 0;
-        assert!(s.validate().unwrap_err().contains("--depth"));
+        assert_eq!(s.validate(), Err(SpecError::Depth(0)));
         s.depth = 64;
         s.size = Some(1000);
-        assert!(s.validate().unwrap_err().contains("--size"));
+        assert_eq!(s.validate(), Err(SpecError::Size(1000)));
         s.size = None;
         s.backing = "rel".into();
-        assert!(s.validate().unwrap_err().contains("absolute"));
+        assert_eq!(s.validate(), Err(SpecError::RelativePath));
+        assert!(SpecError::RelativePath.to_string().contains("absolute"));
     }
 
     #[test]

@@ -55,7 +55,8 @@ fn create_spec(a: &CreateArgs) -> Result<DeviceSpec> {
     spec.direct_io = a.direct_io;
     spec.max_store_bytes = a.max_store;
     spec.adopt_origin = a.adopt;
-    spec.validate().map_err(anyhow::Error::msg)?;
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!(crate::failure::spec_message(&e)))?;
     Ok(spec)
 }
 
