@@ -344,3 +344,82 @@ fn a_forged_checkpoint_length_on_a_huge_store_is_refused_before_anything_is_read
     };
     refused_as_corrupt(Engine::open(od, sd, &ro), "impossible checkpoint");
 }
+
+/// A guest's blocks that look like superblocks of a store with larger blocks (and a newer
+/// generation), preserved into store slots that sit where copy B of such a store would be,
+/// change nothing about how the store opens: copy B is read only at copy A's block size.
+#[test]
+fn superblock_shaped_guest_data_in_store_slots_cannot_steer_how_the_store_opens() {
+    let blocks = 48;
+    let o: Arc<dyn BlockDev> = Arc::new(MemDev::new("origin", (blocks * BS) as u64, false));
+    let s: Arc<dyn BlockDev> = Arc::new(MemDev::new("store", 0, true));
+    let e = Engine::format(o.clone(), s.clone(), &opts()).unwrap();
+    let forged: Vec<Vec<u8>> = (0..blocks)
+        .map(|b| {
+            let mut sb = newest_superblock(&contents(&s)).1;
+            sb.block_size = 65536;
+            sb.origin_size = b as u64;
+            sb.uuid = [0x66; 16];
+            sb.generation = u64::MAX / 2;
+            let mut img = sb.encode();
+            img.resize(BS, 0);
+            img
+        })
+        .collect();
+    // One write each way: the preserved copies land in consecutive slots, across byte 65536.
+    e.write(0, &forged.concat()).unwrap();
+    e.create_snapshot("guest").unwrap();
+    e.write(0, &vec![0x5A; blocks * BS]).unwrap();
+    drop(e);
+    let store = contents(&s);
+    let planted = [8192usize, 16384, 32768, 65536]
+        .iter()
+        .filter(|&&off| {
+            Superblock::decode(&store[off..off + 4096])
+                .is_ok_and(|sb| sb.uuid == [0x66; 16] && sb.block_size as usize == off)
+        })
+        .count();
+    let at: Vec<usize> = (0..store.len() / BS)
+        .filter(|k| {
+            Superblock::decode(&store[k * BS..k * BS + 4096]).is_ok_and(|sb| sb.uuid == [0x66; 16])
+        })
+        .collect();
+    assert!(
+        planted > 0,
+        "the test planted no forged copy where a probe would look (forged copies at slots {at:?})"
+    );
+    let origin = contents(&o);
+    let e = open(&origin, &store).unwrap_or_else(|e| panic!("forged copies steered the open: {e}"));
+    assert_eq!(e.block_size(), BS as u32);
+    for (b, img) in forged.iter().enumerate() {
+        let mut buf = vec![0u8; BS];
+        e.read_snapshot("guest", (b * BS) as u64, &mut buf).unwrap();
+        assert!(&buf == img, "guest block {b} did not read back");
+    }
+    drop(e);
+    // With copy A damaged, the search for copy B stops at B itself and never reaches them.
+    let mut damaged = store.clone();
+    let (a_off, _) = superblocks(&store)
+        .into_iter()
+        .find(|(off, _)| *off == 0)
+        .unwrap();
+    damaged[a_off + 200] ^= 1;
+    let e = open(&origin, &damaged).unwrap_or_else(|e| panic!("with copy A damaged: {e}"));
+    assert_eq!(e.block_size(), BS as u32);
+}
+
+/// Two copies that name different stores are refused, saying so, and nothing is written.
+#[test]
+fn superblock_copies_of_different_stores_are_refused() {
+    let f = fixture();
+    let mut s = f.store.clone();
+    let (_, mut b) = superblocks(&s)
+        .into_iter()
+        .find(|(off, _)| *off == BS)
+        .unwrap();
+    b.uuid = [0x77; 16];
+    s[BS..BS + 4096].copy_from_slice(&b.encode());
+    let before = s.clone();
+    refused_as_corrupt(open(&f.origin, &s), "superblock copies disagree");
+    assert!(s == before);
+}

@@ -68,6 +68,90 @@ impl ReadAhead {
     }
 }
 
+/// The uuid bytes of a superblock image, valid or not (a damaged copy still names its store
+/// unless the damage hit them).
+const UUID_AT: std::ops::Range<usize> = 16..32;
+
+/// Reads one 4 KiB superblock candidate at byte `off`: its bytes and what they decode to.
+fn candidate(
+    dev: &dyn BlockDev,
+    off: u64,
+) -> Result<(AlignedBuf, std::result::Result<Superblock, SuperError>)> {
+    let mut b = AlignedBuf::zeroed(4096);
+    dev.read_at(&mut b, off)
+        .map_err(|e| Error::io(format!("read superblock of store {}", dev.name()), e))?;
+    let sb = Superblock::decode(&b);
+    Ok((b, sb))
+}
+
+/// A superblock candidate that failed to decode: its byte offset and why.
+type Refused = (u64, SuperError);
+
+/// The valid superblock copies of `dev` and the candidates that failed (by byte offset).
+///
+/// Copy A is at byte 0 and copy B at the start of slot 1, whose offset is the block size.
+/// With A valid, B is read only at A's block size and must carry A's uuid: no other offset is
+/// ever looked at, because beyond slot 1 the store holds preserved guest data, and a guest
+/// must not be able to influence how its host opens the store. Copies that disagree are
+/// refused. Only when A is unusable are the legal block sizes probed, smallest first, and the
+/// first candidate carrying the superblock magic ends the search: for a true block size `b`,
+/// every offset below `b` lies in slot 0 (copy A and its zero padding) and `b` itself is slot
+/// 1, so that candidate is ours; what a guest wrote lies at `2b` or beyond and is reached
+/// only when copy B is gone too. When the damaged A still has its magic, the copy found must
+/// also carry A's uuid, which a guest never sees.
+fn read_superblocks(dev: &dyn BlockDev) -> Result<(Vec<Superblock>, Vec<Refused>)> {
+    let name = dev.name();
+    let mut errors = Vec::new();
+    let a = match candidate(dev, 0)? {
+        (_, Ok(a)) => a,
+        (raw_a, Err(e)) => {
+            let a_uuid = (e != SuperError::Magic).then(|| raw_a[UUID_AT].to_vec());
+            errors.push((0, e));
+            for shift in 12..=16 {
+                let off = 1u64 << shift;
+                match candidate(dev, off)? {
+                    (_, Err(SuperError::Magic)) => errors.push((off, SuperError::Magic)),
+                    // Byte 4096 is slot 1 or slot 0's padding for every block size: never
+                    // guest data, so a bit flip in A's uuid does not cost the store.
+                    (_, Ok(b))
+                        if b.block_size as u64 == off
+                            && (off == 4096 || a_uuid.as_ref().is_none_or(|u| u[..] == b.uuid)) =>
+                    {
+                        return Ok((vec![b], errors));
+                    }
+                    (_, Ok(_)) => break,
+                    (_, Err(e)) => {
+                        errors.push((off, e));
+                        break;
+                    }
+                }
+            }
+            return Ok((Vec::new(), errors));
+        }
+    };
+    let off = a.block_size as u64;
+    let b = match candidate(dev, off)?.1 {
+        Ok(b) => b,
+        Err(e) => {
+            errors.push((off, e));
+            return Ok((vec![a], errors));
+        }
+    };
+    if b.uuid != a.uuid || b.block_size != a.block_size {
+        return Err(Error::Corrupt {
+            store: name,
+            detail: format!(
+                "its two superblock copies disagree (copy A at byte 0: uuid {}, {}-byte blocks; copy B at byte {off}: uuid {}, {}-byte blocks), so which store this is cannot be told; nothing was changed",
+                uuid::Uuid::from_bytes(a.uuid),
+                a.block_size,
+                uuid::Uuid::from_bytes(b.uuid),
+                b.block_size
+            ),
+        });
+    }
+    Ok((vec![a, b], errors))
+}
+
 impl Store {
     /// Opens a store: picks the newest valid superblock, loads its checkpoint, replays the
     /// journal, and (unless read-only) starts a new epoch. `verify` sees the superblock before
@@ -78,22 +162,7 @@ impl Store {
         verify: impl Fn(&Superblock) -> Result<()>,
     ) -> Result<(Store, Index, JournalPos, Recovery)> {
         let name = dev.name();
-        let mut copies = Vec::new();
-        let mut errors = Vec::new();
-        // Copy B sits at the start of slot 1, whose size we do not know before reading A; try
-        // every legal block size.
-        let mut offsets = vec![0u64];
-        offsets.extend((12..=16).map(|s| 1u64 << s));
-        for off in offsets {
-            let mut b = AlignedBuf::zeroed(4096);
-            dev.read_at(&mut b, off)
-                .map_err(|e| Error::io(format!("read superblock of store {name}"), e))?;
-            match Superblock::decode(&b) {
-                Ok(sb) if off == 0 || off == sb.block_size as u64 => copies.push(sb),
-                Ok(_) => {}
-                Err(e) => errors.push((off, e)),
-            }
-        }
+        let (mut copies, errors) = read_superblocks(&*dev)?;
         copies.sort_by_key(|c| std::cmp::Reverse(c.generation));
         if copies.is_empty() {
             if let Some((_, SuperError::Version(v))) = errors
