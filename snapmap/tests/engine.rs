@@ -1005,3 +1005,65 @@ fn parallel_restore_is_exact_reversible_and_idempotent() {
         "restoring the pre-restore snapshot did not undo the restore"
     );
 }
+
+/// A store device whose syncs fail once `broken` is set.
+struct BreakingSync {
+    inner: Arc<dyn BlockDev>,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl BlockDev for BreakingSync {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, off)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("injected sync failure"));
+        }
+        self.inner.sync()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn can_grow(&self) -> bool {
+        self.inner.can_grow()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn grow_to(&self, len: u64) -> std::io::Result<()> {
+        self.inner.grow_to(len)
+    }
+}
+
+/// An engine that stopped taking writes (a store sync failed) still syncs the origin when it
+/// closes: writes it acknowledged before the failure may sit only in the origin's cache.
+#[test]
+fn close_syncs_the_origin_even_after_the_engine_failed() {
+    let counted = Arc::new(CountingDev::new(Arc::new(MemDev::new(
+        "o",
+        64 * BS as u64,
+        false,
+    ))));
+    let origin: Arc<dyn BlockDev> = counted.clone();
+    let store = Arc::new(BreakingSync {
+        inner: Arc::new(MemDev::new("s", 0, true)),
+        broken: false.into(),
+    });
+    let e = Engine::format(origin, store.clone(), &OpenOptions::default()).unwrap();
+    e.write(0, &block(1)).unwrap();
+    e.create_snapshot("s").unwrap();
+    store.broken.store(true, Ordering::Relaxed);
+    // A first write after the snapshot needs a preserve: its group's sync fails.
+    assert!(e.write(BS as u64, &block(2)).is_err());
+    assert!(e.status().failed.is_some(), "the engine did not stop");
+    let before = counted.counts().2;
+    let _ = e.close();
+    assert!(
+        counted.counts().2 > before,
+        "close of a failed engine did not sync the origin"
+    );
+}

@@ -290,10 +290,16 @@ impl Engine {
     /// Flushes, writes a checkpoint and closes. Dropping without closing is safe too: the
     /// journal is replayed on the next open.
     pub fn close(self) -> Result<()> {
-        if self.read_only || self.has_failed.load(Ordering::Acquire) {
+        if self.read_only {
             return Ok(());
         }
+        // Even a failed engine syncs the origin: writes it acknowledged before the failure
+        // (ones that preserved nothing went straight to the origin) may sit only in its cache.
         self.flush()?;
+        if self.has_failed.load(Ordering::Acquire) {
+            // The store is not touched again: its journal is the authority on reopen.
+            return Ok(());
+        }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.checkpoint_locked(&mut w)?;
         Ok(())
