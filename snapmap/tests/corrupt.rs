@@ -154,6 +154,29 @@ fn a_damaged_newest_checkpoint_is_recovered_through_the_previous_one() {
     drop(e);
 }
 
+/// Reopening (a new epoch, a superblock write that keeps the checkpoint) does not cost the
+/// fallback: after several read-write opens the copies still name two checkpoints, and damage
+/// to the newest one is still recovered through the previous one.
+#[test]
+fn reopens_keep_the_previous_checkpoint_as_a_fallback() {
+    let f = fixture();
+    let (od, sd) = devs(&f.origin, &f.store);
+    for _ in 0..3 {
+        drop(Engine::open(od.clone(), sd.clone(), &opts()).unwrap());
+    }
+    let store = contents(&sd);
+    let named: std::collections::BTreeSet<u64> = superblocks(&store)
+        .iter()
+        .map(|(_, sb)| sb.checkpoint.slot)
+        .collect();
+    assert_eq!(named.len(), 2, "both superblock copies name one checkpoint");
+    let (_, sb) = newest_superblock(&store);
+    let mut s = store.clone();
+    s[sb.checkpoint.slot as usize * BS + 40] ^= 0x40;
+    let e = open(&contents(&od), &s).unwrap_or_else(|e| panic!("after reopens: {e}"));
+    assert_intact(&e, &f);
+}
+
 #[test]
 fn a_damaged_journal_block_followed_by_synced_groups_is_refused_not_truncated() {
     let f = fixture();

@@ -57,6 +57,13 @@ pub enum GroupError {
 pub struct Store {
     dev: Arc<dyn BlockDev>,
     sb: Superblock,
+    /// The copy (0 = A, 1 = B) that holds `sb` on disk, and the checkpoint it names there.
+    at: u64,
+    at_names: CheckpointRef,
+    /// The checkpoint the other copy names, when that copy is valid and older: it is the
+    /// fallback if the newest checkpoint is damaged, so writes that keep the checkpoint leave
+    /// it alone (see [`Store::write_superblock`]).
+    other: Option<CheckpointRef>,
     read_only: bool,
     grow_step: u64,
     cap_slots: Option<u64>,
@@ -178,6 +185,10 @@ impl Store {
         let mut store = Store {
             dev,
             sb,
+            // Nothing is on disk yet: the first write goes to copy B, the next to A.
+            at: 0,
+            at_names: CheckpointRef::default(),
+            other: None,
             read_only: false,
             grow_step: grow_step.max(block_size as u64),
             cap_slots,
@@ -275,7 +286,16 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the superblock copy not holding the newest generation, then syncs.
+    /// Writes the superblock, then syncs.
+    ///
+    /// A write that names a new checkpoint goes to the copy not holding the newest generation,
+    /// so the other copy keeps naming the previous checkpoint (kept, with its journal, until
+    /// the next one). A write that keeps the checkpoint (a new epoch on open, growth, a new
+    /// limit) overwrites the copy that already names it, as long as the other copy is valid
+    /// and names an earlier checkpoint: alternating there too would leave both copies
+    /// naming the same checkpoint after one reopen, and damage to it would then leave the
+    /// store unopenable. A torn in-place write leaves the other copy, which opens through the
+    /// previous checkpoint and replays the journal since.
     pub fn write_superblock(&mut self) -> Result<()> {
         if self.read_only {
             return Err(Error::Invalid(format!(
@@ -289,7 +309,13 @@ impl Store {
             .generation
             .checked_add(1)
             .ok_or_else(|| self.corrupt("superblock generation at its maximum"))?;
-        let copy = next.generation % 2;
+        // The other copy is a fallback only if it names a checkpoint at all (a new store's
+        // first copy names none).
+        let in_place = next.checkpoint == self.at_names
+            && self
+                .other
+                .is_some_and(|o| o != next.checkpoint && o.slots > 0);
+        let copy = if in_place { self.at } else { 1 - self.at };
         let mut b = AlignedBuf::zeroed(self.sb.block_size as usize);
         b[..4096].copy_from_slice(&next.encode());
         self.dev
@@ -298,6 +324,11 @@ impl Store {
         self.dev
             .sync()
             .map_err(|e| self.io_err("sync superblock", e))?;
+        if !in_place {
+            self.other = Some(self.at_names);
+            self.at = copy;
+            self.at_names = next.checkpoint;
+        }
         self.sb = next;
         Ok(())
     }

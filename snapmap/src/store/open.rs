@@ -87,7 +87,11 @@ fn candidate(
 /// A superblock candidate that failed to decode: its byte offset and why.
 type Refused = (u64, SuperError);
 
-/// The valid superblock copies of `dev` and the candidates that failed (by byte offset).
+/// A valid superblock copy: its number (0 = A, 1 = B) and contents.
+type FoundCopy = (u64, Superblock);
+
+/// The valid superblock copies of `dev` (each with its copy number, 0 for A and 1 for B) and
+/// the candidates that failed (by byte offset).
 ///
 /// Copy A is at byte 0 and copy B at the start of slot 1, whose offset is the block size.
 /// With A valid, B is read only at A's block size and must carry A's uuid: no other offset is
@@ -99,7 +103,7 @@ type Refused = (u64, SuperError);
 /// 1, so that candidate is ours; what a guest wrote lies at `2b` or beyond and is reached
 /// only when copy B is gone too. When the damaged A still has its magic, the copy found must
 /// also carry A's uuid, which a guest never sees.
-fn read_superblocks(dev: &dyn BlockDev) -> Result<(Vec<Superblock>, Vec<Refused>)> {
+fn read_superblocks(dev: &dyn BlockDev) -> Result<(Vec<FoundCopy>, Vec<Refused>)> {
     let name = dev.name();
     let mut errors = Vec::new();
     let a = match candidate(dev, 0)? {
@@ -117,7 +121,7 @@ fn read_superblocks(dev: &dyn BlockDev) -> Result<(Vec<Superblock>, Vec<Refused>
                         if b.block_size as u64 == off
                             && (off == 4096 || a_uuid.as_ref().is_none_or(|u| u[..] == b.uuid)) =>
                     {
-                        return Ok((vec![b], errors));
+                        return Ok((vec![(1, b)], errors));
                     }
                     (_, Ok(_)) => break,
                     (_, Err(e)) => {
@@ -134,7 +138,7 @@ fn read_superblocks(dev: &dyn BlockDev) -> Result<(Vec<Superblock>, Vec<Refused>
         Ok(b) => b,
         Err(e) => {
             errors.push((off, e));
-            return Ok((vec![a], errors));
+            return Ok((vec![(0, a)], errors));
         }
     };
     if b.uuid != a.uuid || b.block_size != a.block_size {
@@ -149,7 +153,7 @@ fn read_superblocks(dev: &dyn BlockDev) -> Result<(Vec<Superblock>, Vec<Refused>
             ),
         });
     }
-    Ok((vec![a, b], errors))
+    Ok((vec![(0, a), (1, b)], errors))
 }
 
 impl Store {
@@ -163,7 +167,7 @@ impl Store {
     ) -> Result<(Store, Index, JournalPos, Recovery)> {
         let name = dev.name();
         let (mut copies, errors) = read_superblocks(&*dev)?;
-        copies.sort_by_key(|c| std::cmp::Reverse(c.generation));
+        copies.sort_by_key(|(_, c)| std::cmp::Reverse(c.generation));
         if copies.is_empty() {
             if let Some((_, SuperError::Version(v))) = errors
                 .iter()
@@ -188,15 +192,16 @@ impl Store {
                 detail: format!("no valid superblock copy ({})", why.join(", ")),
             });
         }
-        verify(&copies[0])?;
+        verify(&copies[0].1)?;
         // The store only ever grows, and each growth is recorded before it is used: a store
         // shorter than its newest superblock says has lost its tail (synced records with it).
         let len = dev
             .len()
             .map_err(|e| Error::io(format!("size of store {name}"), e))?;
         let want = copies[0]
+            .1
             .reserved_slots
-            .saturating_mul(copies[0].block_size as u64);
+            .saturating_mul(copies[0].1.block_size as u64);
         if len < want {
             return Err(Error::Corrupt {
                 store: name,
@@ -214,12 +219,17 @@ impl Store {
         // checkpoint, which is kept (with its journal) until the next one exists; replaying from
         // it covers everything since.
         let mut last_err = None;
-        for (i, sb) in copies.iter().enumerate() {
+        for (i, (at, sb)) in copies.iter().enumerate() {
             // Every copy answers for the origin, not only the newest.
             verify(sb)?;
+            // The older copy is worth keeping only while the newest one is the copy used.
+            let other = (i == 0 && copies.len() == 2).then(|| copies[1].1.checkpoint);
             let store = Store {
                 dev: dev.clone(),
                 sb: sb.clone(),
+                at: *at,
+                at_names: sb.checkpoint,
+                other,
                 read_only,
                 grow_step: GROW_STEP,
                 cap_slots: None,
