@@ -571,28 +571,35 @@ fn concurrent_writers_see_snapshots_as_consistent_cuts() {
     assert!(e.check().unwrap().ok());
 }
 
-/// A store whose sync takes a while, like a real disk's cache flush.
-struct SlowSync(Arc<dyn BlockDev>);
+/// A store device that runs `before_sync` ahead of every sync: a delay (a real disk's cache
+/// flush) or an injected failure.
+struct OnSync<F> {
+    inner: Arc<dyn BlockDev>,
+    before_sync: F,
+}
 
-impl BlockDev for SlowSync {
+impl<F: Fn() -> std::io::Result<()> + Send + Sync> BlockDev for OnSync<F> {
     fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, off)
+        self.inner.read_at(buf, off)
     }
     fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
-        self.0.write_at(buf, off)
+        self.inner.write_at(buf, off)
     }
     fn sync(&self) -> std::io::Result<()> {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        self.0.sync()
+        (self.before_sync)()?;
+        self.inner.sync()
     }
     fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
+        self.inner.len()
     }
     fn can_grow(&self) -> bool {
-        true
+        self.inner.can_grow()
     }
     fn name(&self) -> String {
-        "slow".into()
+        self.inner.name()
+    }
+    fn grow_to(&self, len: u64) -> std::io::Result<()> {
+        self.inner.grow_to(len)
     }
 }
 
@@ -600,7 +607,13 @@ impl BlockDev for SlowSync {
 fn concurrent_first_writes_share_one_commit_group() {
     const THREADS: usize = 16;
     let o: Arc<dyn BlockDev> = Arc::new(MemDev::new("o", (THREADS * BS) as u64, false));
-    let s: Arc<dyn BlockDev> = Arc::new(SlowSync(Arc::new(MemDev::new("s", 0, true))));
+    let s: Arc<dyn BlockDev> = Arc::new(OnSync {
+        inner: Arc::new(MemDev::new("s", 0, true)),
+        before_sync: || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            Ok(())
+        },
+    });
     let e = Arc::new(Engine::format(o, s, &OpenOptions::default()).unwrap());
     e.create_snapshot("a").unwrap();
     let before = e.stats().commit_groups;
@@ -1006,39 +1019,6 @@ fn parallel_restore_is_exact_reversible_and_idempotent() {
     );
 }
 
-/// A store device whose syncs fail once `broken` is set.
-struct BreakingSync {
-    inner: Arc<dyn BlockDev>,
-    broken: std::sync::atomic::AtomicBool,
-}
-
-impl BlockDev for BreakingSync {
-    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, off)
-    }
-    fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
-        self.inner.write_at(buf, off)
-    }
-    fn sync(&self) -> std::io::Result<()> {
-        if self.broken.load(Ordering::Relaxed) {
-            return Err(std::io::Error::other("injected sync failure"));
-        }
-        self.inner.sync()
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn can_grow(&self) -> bool {
-        self.inner.can_grow()
-    }
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn grow_to(&self, len: u64) -> std::io::Result<()> {
-        self.inner.grow_to(len)
-    }
-}
-
 /// An engine that stopped taking writes (a store sync failed) still syncs the origin when it
 /// closes: writes it acknowledged before the failure may sit only in the origin's cache.
 #[test]
@@ -1049,14 +1029,21 @@ fn close_syncs_the_origin_even_after_the_engine_failed() {
         false,
     ))));
     let origin: Arc<dyn BlockDev> = counted.clone();
-    let store = Arc::new(BreakingSync {
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Arc::new(OnSync {
         inner: Arc::new(MemDev::new("s", 0, true)),
-        broken: false.into(),
+        before_sync: {
+            let broken = broken.clone();
+            move || match broken.load(Ordering::Relaxed) {
+                true => Err(std::io::Error::other("injected sync failure")),
+                false => Ok(()),
+            }
+        },
     });
-    let e = Engine::format(origin, store.clone(), &OpenOptions::default()).unwrap();
+    let e = Engine::format(origin, store, &OpenOptions::default()).unwrap();
     e.write(0, &block(1)).unwrap();
     e.create_snapshot("s").unwrap();
-    store.broken.store(true, Ordering::Relaxed);
+    broken.store(true, Ordering::Relaxed);
     // A first write after the snapshot needs a preserve: its group's sync fails.
     assert!(e.write(BS as u64, &block(2)).is_err());
     assert!(e.status().failed.is_some(), "the engine did not stop");
