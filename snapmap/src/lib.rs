@@ -17,6 +17,7 @@
 //!
 //! No ublk, no network: this crate is a plain library.
 
+pub mod buf;
 pub mod commit;
 pub mod csum;
 pub mod engine;
@@ -28,6 +29,8 @@ pub mod locks;
 pub mod newfile;
 mod scratch;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use engine::direct::{CowWrite, DirectWrite, Preserve, Span};
 pub use engine::{
@@ -35,7 +38,9 @@ pub use engine::{
     SnapshotInfo, Stats, Status,
 };
 pub use error::{Error, Result};
-pub use io::{AlignedBuf, BlockDev, CountingDev, FileDev, Identity, MemDev};
+pub use io::{AlignedBuf, BlockDev, FileDev, Identity};
 pub use newfile::NewFile;
 pub use roaring::RoaringBitmap;
 pub use store::Recovery;
+#[cfg(any(test, feature = "testing"))]
+pub use testing::{CountingDev, MemDev};

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
-use crate::io::{AlignedBuf, IO_ALIGN};
+use crate::buf::{AlignedBuf, IO_ALIGN};
 
 /// Buffers up to this size are cached per thread.
 const SMALL_MAX: usize = 64 << 10;

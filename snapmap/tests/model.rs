@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use fixtures::{repetitive, Op};
 use proptest::prelude::*;
 use snapmap::{BlockDev, Engine, MemDev, OpenOptions};
 
@@ -15,51 +16,26 @@ const BS: usize = 4096;
 const BLOCKS: usize = 24;
 const SIZE: usize = BS * BLOCKS;
 
-#[derive(Clone, Debug)]
-enum Op {
-    Write {
-        off: usize,
-        len: usize,
-        seed: u8,
-        frontend: bool,
-    },
-    Rewrite {
-        off: usize,
-        len: usize,
-        frontend: bool,
-    },
-    Zero {
-        off: usize,
-        len: usize,
-    },
-    Snapshot,
-    Delete(usize),
-    Restore(usize),
-    Checkpoint,
-    Reopen {
-        clean: bool,
-    },
-}
-
 fn op() -> impl Strategy<Value = Op> {
     let range = (0..SIZE).prop_flat_map(|off| (Just(off), 1..=(SIZE - off).min(3 * BS + 100)));
     // Whole-block writes too: only those can take the caller-driven paths.
     let blocks = (0..BLOCKS)
         .prop_flat_map(|b| (Just(b * BS), (1..=(BLOCKS - b).min(4)).prop_map(|n| n * BS)));
     prop_oneof![
-        4 => (blocks.clone(), any::<u8>(), any::<bool>())
+        4 => (blocks.clone(), any::<u64>(), any::<bool>())
             .prop_map(|((off, len), seed, frontend)| Op::Write { off, len, seed, frontend }),
         1 => (blocks, any::<bool>())
             .prop_map(|((off, len), frontend)| Op::Rewrite { off, len, frontend }),
-        6 => (range.clone(), any::<u8>(), any::<bool>())
+        6 => (range.clone(), any::<u64>(), any::<bool>())
             .prop_map(|((off, len), seed, frontend)| Op::Write { off, len, seed, frontend }),
         2 => (range.clone(), any::<bool>())
             .prop_map(|((off, len), frontend)| Op::Rewrite { off, len, frontend }),
         1 => range.prop_map(|(off, len)| Op::Zero { off, len }),
         2 => Just(Op::Snapshot),
-        1 => any::<usize>().prop_map(Op::Delete),
-        1 => any::<usize>().prop_map(Op::Restore),
+        1 => any::<u64>().prop_map(Op::Delete),
+        1 => any::<u64>().prop_map(Op::Restore),
         1 => Just(Op::Checkpoint),
+        1 => Just(Op::Flush),
         1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
     ]
 }
@@ -68,13 +44,6 @@ struct Model {
     live: Vec<u8>,
     snaps: Vec<(String, Vec<u8>)>,
     counter: usize,
-}
-
-fn pattern(seed: u8, off: usize, len: usize) -> Vec<u8> {
-    // Low-entropy on purpose: many writes hit bytes the block already holds.
-    (0..len)
-        .map(|i| seed.wrapping_add(((off + i) / 512) as u8 % 3))
-        .collect()
 }
 
 fn opts() -> OpenOptions {
@@ -129,7 +98,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 seed,
                 frontend,
             } => {
-                let data = pattern(seed, off, len);
+                let data = repetitive(seed, off, len);
                 if frontend {
                     frontend_write(&e, &*origin, off as u64, &data).map_err(fail)?;
                 } else {
@@ -157,14 +126,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Delete(i) => {
                 if !m.snaps.is_empty() {
-                    let (name, _) = m.snaps.remove(i % m.snaps.len());
+                    let (name, _) = m.snaps.remove((i % m.snaps.len() as u64) as usize);
                     e.delete_snapshot(&name).map_err(fail)?;
                 }
             }
             Op::Restore(i) => {
                 let user: Vec<usize> = (0..m.snaps.len()).collect();
                 if !user.is_empty() {
-                    let (name, img) = m.snaps[i % m.snaps.len()].clone();
+                    let (name, img) = m.snaps[(i % m.snaps.len() as u64) as usize].clone();
                     let rep = e.restore(&name, &|_, _| {}).map_err(fail)?;
                     m.snaps.push((rep.pre_restore.clone(), m.live.clone()));
                     m.live = img;
@@ -172,6 +141,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Checkpoint => {
                 e.checkpoint().map_err(fail)?;
+            }
+            Op::Flush => {
+                e.flush().map_err(fail)?;
             }
             Op::Reopen { clean } => {
                 if clean {

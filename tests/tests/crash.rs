@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use fixtures::Rng;
+use fixtures::{random_ops, repetitive, Geometry, Op, Rng};
 use snapblk_tests::faultdisk::{CrashDisk, Fault, PowerDomain, SECTOR};
 use snapmap::{BlockDev, Engine, Error, MemDev, OpenOptions};
 
@@ -23,64 +23,14 @@ const BS: usize = 4096;
 const BLOCKS: usize = 12;
 const SIZE: usize = BS * BLOCKS;
 
-#[derive(Clone, Debug)]
-enum Op {
-    Write {
-        off: usize,
-        len: usize,
-        seed: u64,
-        frontend: bool,
-    },
-    Zero {
-        off: usize,
-        len: usize,
-    },
-    Flush,
-    Snapshot,
-    Delete(u64),
-    Restore(u64),
-    Checkpoint,
-}
+/// The shape every workload here runs on.
+const GEO: Geometry = Geometry {
+    block: BS,
+    blocks: BLOCKS,
+};
 
 fn gen_ops(rng: &mut Rng, n: usize) -> Vec<Op> {
-    (0..n)
-        .map(|_| match rng.below(20) {
-            0..=7 => {
-                let aligned = rng.below(2) == 0;
-                let off = if aligned {
-                    rng.below(BLOCKS as u64) as usize * BS
-                } else {
-                    rng.below(SIZE as u64) as usize
-                };
-                // Half the aligned writes are whole blocks issued as the ublk queue issues
-                // them (caller-driven origin I/O, preserves through commit_preserves).
-                let frontend = aligned && rng.below(2) == 0;
-                let len = if frontend {
-                    (BS * (1 + rng.below(2) as usize)).min(SIZE - off)
-                } else {
-                    (1 + rng.below(2 * BS as u64) as usize).min(SIZE - off)
-                };
-                Op::Write {
-                    off,
-                    len,
-                    seed: rng.next_u64(),
-                    frontend,
-                }
-            }
-            8 => {
-                let off = rng.below(BLOCKS as u64) as usize * BS;
-                Op::Zero {
-                    off,
-                    len: (BS * (1 + rng.below(2) as usize)).min(SIZE - off),
-                }
-            }
-            9..=10 => Op::Flush,
-            11..=13 => Op::Snapshot,
-            14..=15 => Op::Delete(rng.next_u64()),
-            16..=17 => Op::Restore(rng.next_u64()),
-            _ => Op::Checkpoint,
-        })
-        .collect()
+    random_ops(rng, GEO, n)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -142,12 +92,6 @@ impl Model {
     }
 }
 
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    // Few distinct values, so that identical-write skipping is exercised too.
-    let v = (seed % 5) as u8;
-    (0..len).map(|i| v.wrapping_add((i / 1000) as u8)).collect()
-}
-
 fn opts() -> OpenOptions {
     OpenOptions {
         checkpoint_every: 5,
@@ -169,7 +113,7 @@ fn run_ops(e: &Engine, origin: &dyn BlockDev, m: &mut Model, ops: &[Op]) -> (usi
                 seed,
                 frontend,
             } => {
-                let data = pattern(*seed, *len);
+                let data = repetitive(*seed, *off, *len);
                 let r = if *frontend {
                     e.write_as_frontend(origin, *off as u64, &data).map(|_| ())
                 } else {
@@ -178,6 +122,18 @@ fn run_ops(e: &Engine, origin: &dyn BlockDev, m: &mut Model, ops: &[Op]) -> (usi
                 m.wrote(*off, &data, r.is_ok());
                 r
             }
+            Op::Rewrite { off, len, frontend } => {
+                let data = m.live[*off..*off + *len].to_vec();
+                let r = if *frontend {
+                    e.write_as_frontend(origin, *off as u64, &data).map(|_| ())
+                } else {
+                    e.write(*off as u64, &data)
+                };
+                m.wrote(*off, &data, r.is_ok());
+                r
+            }
+            // Every power cut already ends in a reopen; the workloads here do not ask for more.
+            Op::Reopen { .. } => Ok(()),
             Op::Zero { off, len } => {
                 let r = e.discard(*off as u64, *len as u64);
                 m.wrote(*off, &vec![0u8; *len], r.is_ok());

@@ -542,7 +542,8 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use crate::io::{BlockDev, MemDev};
+    use crate::io::BlockDev;
+    use crate::testing::MemDev;
     use crate::{Engine, OpenOptions};
     use std::sync::Arc;
 
