@@ -17,9 +17,11 @@
 //!   on the ring (the ordering rule; [`snapmap::CowWrite`] refuses anything
 //!   else);
 //! - **on the worker pool** for everything else (compare reads, partial
-//!   blocks, FUA, flush, discard), and as the fallback whenever a direct I/O
-//!   does not complete in full: the engine then runs the request with its
-//!   own error reporting.
+//!   blocks, FUA, flush, discard), and as the fallback whenever a direct read
+//!   or a copy-on-write's original read does not complete in full: the engine
+//!   then runs the request with its own error reporting. A direct or
+//!   copy-on-write *origin write* that falls short is redone by the engine on
+//!   this thread instead, still holding the snapshot gate (see `redone`).
 //!
 //! Why a handler and not one async task per tag: every step of a request is
 //! a completion on this ring, and a handler called per completion (the model
@@ -369,21 +371,17 @@ impl<'a> Server<'a> {
             }
             (OP_WRITE, TagState::Write(req, done)) => {
                 let len = req_len(req);
-                let ok = res == len as i32;
-                done.finish(ok);
-                if ok {
+                if res == len as i32 {
+                    done.finish(true);
                     let s = &self.ctx.stats;
                     s.writes.fetch_add(1, Ordering::Relaxed);
                     s.direct_writes.fetch_add(1, Ordering::Relaxed);
                     s.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
                     self.complete(q, tag, res);
                 } else {
-                    tracing::debug!(
-                        ?req,
-                        res,
-                        "direct write incomplete; retrying through the engine"
-                    );
-                    self.run_on_pool(tag, req);
+                    tracing::debug!(?req, res, "direct write incomplete; the engine redoes it");
+                    let r = done.redo(self.data(tag, len));
+                    self.redone(q, tag, len, r);
                 }
             }
             (OP_COW_READ, TagState::Cow(req, cow, CowPhase::Reading(mut io))) => {
@@ -403,14 +401,14 @@ impl<'a> Server<'a> {
                 if !io.land(span, res) {
                     self.states[tag as usize] = TagState::Cow(req, cow, CowPhase::Writing(io));
                 } else if io.failed {
-                    cow.finish(false);
                     tracing::debug!(
                         ?req,
-                        "copy-on-write origin write incomplete; retrying through the engine"
+                        "copy-on-write origin write incomplete; the engine redoes it"
                     );
-                    // The preserves are durable; the engine writes the data
-                    // (blocks now in the newest delta are simply written).
-                    self.run_on_pool(tag, req);
+                    // The preserves are durable; only the origin writes are redone.
+                    let len = req_len(req);
+                    let r = cow.redo(self.data(tag, len));
+                    self.redone(q, tag, len, r);
                 } else {
                     cow.finish(true);
                     let len = req_len(req);
@@ -421,6 +419,29 @@ impl<'a> Server<'a> {
             (op, other) => {
                 tracing::error!(tag, op, res, "completion does not match the tag's state");
                 self.states[tag as usize] = other;
+            }
+        }
+    }
+
+    /// Completes a write whose origin I/O on the ring fell short and that the
+    /// engine then redid. The redo runs here, on the queue thread, because the
+    /// admitted write holds the snapshot gate, which cannot move to a worker:
+    /// handing the retry over would release the gate first, and a snapshot
+    /// taken in between would preserve a half-written block as its original.
+    /// A short write means a failing or full backing, so this stall of the
+    /// queue is confined to that error path.
+    fn redone(&mut self, q: &UblkQueue, tag: u16, len: usize, r: snapmap::Result<()>) {
+        let s = &self.ctx.stats;
+        match r {
+            Ok(()) => {
+                s.writes.fetch_add(1, Ordering::Relaxed);
+                s.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
+                self.complete(q, tag, len as i32);
+            }
+            Err(e) => {
+                tracing::warn!(tag, error = %e, "write failed");
+                s.errors.fetch_add(1, Ordering::Relaxed);
+                self.complete(q, tag, -e.errno());
             }
         }
     }

@@ -47,6 +47,19 @@ impl DirectWrite<'_> {
     pub fn finish(mut self, ok: bool) {
         self.held.settle(|_| true, ok, self.len);
     }
+
+    /// The caller's origin write did not complete in full (a short write, an error): the engine
+    /// writes `data` (the bytes that were admitted) itself, on the calling thread, while the
+    /// snapshot gate and block locks are still held, then settles. Finishing with `false` and
+    /// retrying through [`Engine::write`] would open a window between the two in which a
+    /// snapshot could be taken and preserve the half-written block as its original, breaking
+    /// "every write falls wholly before or wholly after a snapshot".
+    pub fn redo(mut self, data: &[u8]) -> Result<()> {
+        let e = self.held.engine;
+        let r = e.origin.write_at(data, self.held.b0 * e.bs as u64);
+        self.held.settle(|_| true, r.is_ok(), self.len);
+        r.map_err(|err| e.origin_err("write", err))
+    }
 }
 
 /// What a caller-driven write holds from admission until it is settled: the snapshot gate, its
@@ -429,6 +442,33 @@ impl CowWrite<'_> {
         let len = self.n as u64 * self.held.engine.bs as u64;
         let write = &self.write;
         self.held.settle(|i| write.contains(i), ok, len);
+    }
+
+    /// The caller's origin writes did not all complete in full: the engine issues every span of
+    /// [`CowWrite::writes`] again itself, from `data` (the admitted bytes), on the calling
+    /// thread, with the gate and locks still held, then settles. For the same reason as
+    /// [`DirectWrite::redo`]: a snapshot taken between a failed attempt and a retry would
+    /// preserve the half-written block. Refused (and settled as failed) before the preserves
+    /// are durable, since the ordering rule forbids the write then.
+    pub fn redo(mut self, data: &[u8]) -> Result<()> {
+        let e = self.held.engine;
+        let len = self.n as u64 * e.bs as u64;
+        if self.state != CowState::Writable {
+            self.held.settle(|_| true, false, len);
+            return Err(Error::Invalid(
+                "a copy-on-write was redone before its preserves were durable (a bug)".into(),
+            ));
+        }
+        let mut r = Ok(());
+        for s in self.writes() {
+            r = e.origin.write_at(&data[s.at..s.at + s.len], s.off);
+            if r.is_err() {
+                break;
+            }
+        }
+        let write = &self.write;
+        self.held.settle(|i| write.contains(i), r.is_ok(), len);
+        r.map_err(|err| e.origin_err("write", err))
     }
 }
 
