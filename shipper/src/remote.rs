@@ -338,15 +338,34 @@ fn open_device(path: &Path, volume_size: u64, seq: u64) -> Result<File> {
         detail,
     };
     let dev = OpenOptions::new()
+        .read(true)
         .write(true)
         .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::EBUSY) => output(
-                "the device is in use (mounted, or held by another program such as a running device or LVM); unmount it or stop what holds it, then restore again".into(),
-            ),
+            Some(libc::EBUSY) => {
+                let who = snapmap::io::claimants(path);
+                let who = if who.is_empty() {
+                    "another program (mounted, perhaps in another namespace, or held by a running device, LVM or md)".to_string()
+                } else {
+                    who.join(", ")
+                };
+                output(format!(
+                    "the device is in use by {who}; unmount it or stop what holds it, then restore again"
+                ))
+            }
             _ => Error::io(path, "open the block device", e),
         })?;
+    // A snapblk store on the device holds some volume's snapshots; a restore would destroy
+    // them without a word. The superblock's first copy is at offset 0.
+    let mut head = [0u8; 8];
+    if std::os::unix::fs::FileExt::read_exact_at(&dev, &mut head, 0).is_ok()
+        && head == snapmap::format::SUPER_MAGIC
+    {
+        return Err(output(
+            "the device holds a snapblk store (the snapshots of some volume), which a restore would destroy; restore to another device, or zero its first 64 KiB if that store is no longer wanted".into(),
+        ));
+    }
     let size = snapmap::io::block_device_size(&dev)
         .map_err(|e| Error::io(path, "read the block device's size", e))?;
     if size < volume_size {

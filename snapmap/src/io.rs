@@ -78,6 +78,14 @@ pub trait BlockDev: Send + Sync {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// The unit, in bytes, in which this device takes I/O at its own alignment and persists
+    /// it (a torn write loses whole sectors): the logical sector of a block device, or the
+    /// direct-I/O alignment of a file opened with O_DIRECT; 512 when the page cache takes any
+    /// alignment. A frontend advertises it as its logical block size so that it is never sent
+    /// a request this device would refuse.
+    fn sector_size(&self) -> u32 {
+        512
+    }
     /// Makes the device at least `len` bytes long, reserving the space where it can, so that
     /// running out of room shows up here rather than in a later write.
     fn grow_to(&self, len: u64) -> io::Result<()> {
@@ -101,10 +109,108 @@ pub fn block_device_size(f: &File) -> io::Result<u64> {
     Ok(size)
 }
 
-fn is_aligned(buf: &[u8], off: u64) -> bool {
+/// Whether O_DIRECT can take `buf` at `off` on a device with `sector`-byte sectors.
+fn is_aligned(buf: &[u8], off: u64, sector: u32) -> bool {
     (buf.as_ptr() as usize).is_multiple_of(IO_ALIGN)
-        && buf.len().is_multiple_of(512)
-        && off.is_multiple_of(512)
+        && buf.len().is_multiple_of(sector as usize)
+        && off.is_multiple_of(sector as u64)
+}
+
+/// `BLKSSZGET`: a block device's logical sector size.
+const BLKSSZGET: libc::c_ulong = 0x1268;
+
+/// The alignment O_DIRECT needs on `file`, in bytes (a power of two from 512 to
+/// [`IO_ALIGN`]): a block device's logical sector size, or for a regular file what `statx`
+/// reports as its direct-I/O offset alignment (the sector of the disk under the
+/// filesystem). 512 when neither can be told, as for every disk before 4Kn drives.
+fn direct_alignment(file: &File, block_device: bool) -> u32 {
+    let got = if block_device {
+        let mut n: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int through the pointer we own.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET as _, &mut n) };
+        if r == 0 {
+            n as u32
+        } else {
+            0
+        }
+    } else {
+        // SAFETY: statx fills the zeroed struct we own; the empty path with AT_EMPTY_PATH
+        // names the descriptor itself.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::statx(
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                libc::STATX_DIOALIGN,
+                &mut st,
+            )
+        };
+        if r == 0 && st.stx_mask & libc::STATX_DIOALIGN != 0 {
+            st.stx_dio_offset_align
+        } else {
+            0
+        }
+    };
+    if got.is_power_of_two() && (512..=IO_ALIGN as u32).contains(&got) {
+        got
+    } else {
+        512
+    }
+}
+
+/// Who keeps block device `path` from being claimed, as well as this process can tell: its
+/// mount points (in this mount namespace), the devices stacked on it (device-mapper, md,
+/// LVM: `/sys/class/block/NAME/holders`) and the processes holding a `flock` on it (another
+/// snapblk). Empty when nothing shows, e.g. a mount in another namespace or a program that
+/// opened it with `O_EXCL` and took no lock.
+pub fn claimants(path: &Path) -> Vec<String> {
+    let Ok(md) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let rdev = md.rdev();
+    let mm = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    let mut out = Vec::new();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in mountinfo.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() > 4 && f[2] == mm {
+            out.push(format!("a mount at {}", f[4]));
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(format!("/sys/dev/block/{mm}/holders")) {
+        for e in rd.flatten() {
+            out.push(format!("device {}", e.file_name().to_string_lossy()));
+        }
+    }
+    // flock keys in /proc/locks name the device node's own inode.
+    out.extend(flock_holders(md.dev(), md.ino()));
+    out
+}
+
+/// Processes other than this one holding a `flock` on the inode (`dev`, `ino`), as
+/// "pid N (command)", from `/proc/locks` (empty when that cannot be read).
+fn flock_holders(dev: u64, ino: u64) -> Vec<String> {
+    let key = format!("{:02x}:{:02x}:{}", libc::major(dev), libc::minor(dev), ino);
+    let me = std::process::id().to_string();
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = locks
+        .lines()
+        .filter_map(|l| {
+            // "1: FLOCK  ADVISORY  WRITE 28889 fe:00:10068248 0 EOF"
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 5 && f[1] == "FLOCK" && f[5] == key && f[4] != me).then(|| {
+                let comm = std::fs::read_to_string(format!("/proc/{}/comm", f[4]))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_default();
+                format!("pid {} ({comm})", f[4])
+            })
+        })
+        .collect();
+    out.dedup();
+    out
 }
 
 /// A regular file or a block device.
@@ -113,23 +219,40 @@ pub struct FileDev {
     path: PathBuf,
     direct: bool,
     block_device: bool,
+    /// What O_DIRECT needs here (512 when not direct): I/O not aligned to it is bounced.
+    sector: u32,
 }
 
 impl FileDev {
     /// Opens an existing file or block device for reading and writing.
+    ///
+    /// A block device opened for writing is claimed exclusively (`O_EXCL`): while this
+    /// `FileDev` lives the kernel refuses to mount it, to let LVM, md or device-mapper claim
+    /// it, and any other exclusive open (another restore onto it, another engine), all with
+    /// EBUSY; and a device already claimed so fails here with EBUSY. The advisory `flock`
+    /// ([`FileDev::try_lock`]) only keeps out programs that ask for it. Regular files have no
+    /// such claim (Linux ignores O_EXCL without O_CREAT on them), so they rely on the lock.
     pub fn open(path: &Path, direct: bool, read_only: bool) -> io::Result<FileDev> {
         let mut o = OpenOptions::new();
         o.read(true).write(!read_only);
-        if direct {
-            o.custom_flags(libc::O_DIRECT);
+        let mut flags = if direct { libc::O_DIRECT } else { 0 };
+        if !read_only && std::fs::metadata(path)?.file_type().is_block_device() {
+            flags |= libc::O_EXCL;
         }
+        o.custom_flags(flags);
         let file = o.open(path)?;
         let block_device = file.metadata()?.file_type().is_block_device();
+        let sector = if direct {
+            direct_alignment(&file, block_device)
+        } else {
+            512
+        };
         Ok(FileDev {
             file,
             path: path.to_path_buf(),
             direct,
             block_device,
+            sector,
         })
     }
 
@@ -141,11 +264,17 @@ impl FileDev {
             o.custom_flags(libc::O_DIRECT);
         }
         let file = o.open(path)?;
+        let sector = if direct {
+            direct_alignment(&file, false)
+        } else {
+            512
+        };
         Ok(FileDev {
             file,
             path: path.to_path_buf(),
             direct,
             block_device: false,
+            sector,
         })
     }
 
@@ -190,35 +319,10 @@ impl FileDev {
     /// Processes holding a `flock` on this file, as "pid N (command)", from `/proc/locks`
     /// (empty when that cannot be read). For error messages: who is in the way.
     pub fn lock_holders(&self) -> Vec<String> {
-        let Ok(md) = self.file.metadata() else {
-            return Vec::new();
-        };
-        let dev = md.dev();
-        let key = format!(
-            "{:02x}:{:02x}:{}",
-            libc::major(dev),
-            libc::minor(dev),
-            md.ino()
-        );
-        let me = std::process::id().to_string();
-        let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
-            return Vec::new();
-        };
-        let mut out: Vec<String> = locks
-            .lines()
-            .filter_map(|l| {
-                // "1: FLOCK  ADVISORY  WRITE 28889 fe:00:10068248 0 EOF"
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() > 5 && f[1] == "FLOCK" && f[5] == key && f[4] != me).then(|| {
-                    let comm = std::fs::read_to_string(format!("/proc/{}/comm", f[4]))
-                        .map(|c| c.trim().to_string())
-                        .unwrap_or_default();
-                    format!("pid {} ({comm})", f[4])
-                })
-            })
-            .collect();
-        out.dedup();
-        out
+        match self.file.metadata() {
+            Ok(md) => flock_holders(md.dev(), md.ino()),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The underlying file.
@@ -322,12 +426,20 @@ impl BlockDev for FileDev {
         Some(std::os::fd::AsRawFd::as_raw_fd(&self.file))
     }
 
+    fn sector_size(&self) -> u32 {
+        // Only O_DIRECT refuses smaller units. Through the page cache a 4Kn device takes any
+        // request, and advertising 4096 there would stop a filesystem made with 512-byte
+        // sectors (XFS's default on such a volume until now) from mounting.
+        self.sector
+    }
+
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        if self.direct && !is_aligned(buf, off) {
+        let sector = self.sector as u64;
+        if self.direct && !is_aligned(buf, off, self.sector) {
             // O_DIRECT wants sector-aligned offsets, lengths and memory: read the covering
             // sectors into an aligned buffer.
-            let start = off & !511;
-            let end = (off + buf.len() as u64).next_multiple_of(512);
+            let start = off / sector * sector;
+            let end = (off + buf.len() as u64).next_multiple_of(sector);
             let mut bounce = AlignedBuf::zeroed((end - start) as usize);
             self.read_raw(&mut bounce, start)?;
             let at = (off - start) as usize;
@@ -338,9 +450,10 @@ impl BlockDev for FileDev {
     }
 
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        if self.direct && !is_aligned(buf, off) {
-            let start = off & !511;
-            let end = (off + buf.len() as u64).next_multiple_of(512);
+        let sector = self.sector as u64;
+        if self.direct && !is_aligned(buf, off, self.sector) {
+            let start = off / sector * sector;
+            let end = (off + buf.len() as u64).next_multiple_of(sector);
             let mut bounce = AlignedBuf::zeroed((end - start) as usize);
             if start != off || end != off + buf.len() as u64 {
                 // Partial sectors: keep the bytes around the write (callers that need this to
@@ -359,7 +472,7 @@ impl BlockDev for FileDev {
             [one] => self.write_at(one, off),
             // Pieces O_DIRECT cannot take as they are: write_at's bounce handling covers the
             // joined buffer.
-            _ if self.direct && !bufs.iter().all(|b| is_aligned(b, off)) => {
+            _ if self.direct && !bufs.iter().all(|b| is_aligned(b, off, self.sector)) => {
                 self.write_at(&joined(bufs), off)
             }
             _ => pwritev_all(&self.file, bufs, off),

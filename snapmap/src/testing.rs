@@ -176,4 +176,7 @@ impl BlockDev for CountingDev {
     fn grow_to(&self, len: u64) -> io::Result<()> {
         self.inner.grow_to(len)
     }
+    fn sector_size(&self) -> u32 {
+        self.inner.sector_size()
+    }
 }

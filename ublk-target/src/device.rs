@@ -67,16 +67,18 @@ pub fn kernel_has_device(id: u32) -> bool {
 }
 
 /// The ublk parameters for an origin of `size` bytes tracked in `block_size`
-/// blocks: 512-byte logical sectors, physical sector = engine block, a
-/// volatile write cache (so FLUSH reaches us) and FUA, discard and
+/// blocks: the origin's logical sector (`sector`: 512, or 4096 for a 4Kn disk
+/// under O_DIRECT, which refuses smaller I/O), physical sector = engine block,
+/// a volatile write cache (so FLUSH reaches us) and FUA, discard and
 /// write-zeroes at block granularity.
-pub fn params(size: u64, block_size: u32, io_buf_bytes: u32) -> sys::ublk_params {
+pub fn params(size: u64, block_size: u32, io_buf_bytes: u32, sector: u32) -> sys::ublk_params {
     let bs_shift = block_size.trailing_zeros() as u8;
+    let sector_shift = sector.clamp(512, 4096).trailing_zeros() as u8;
     sys::ublk_params {
         types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
         basic: sys::ublk_param_basic {
             attrs: sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA,
-            logical_bs_shift: 9,
+            logical_bs_shift: sector_shift.min(bs_shift),
             physical_bs_shift: bs_shift,
             io_min_shift: bs_shift,
             io_opt_shift: bs_shift,
@@ -207,6 +209,7 @@ where
         None => backend.origin_fd(),
     };
     tracing::info!(direct = origin_fd.is_some(), "queue-thread origin I/O");
+    let sector = backend.sector_size();
     let ctx = QueueCtx {
         pool: pool.handle(),
         commits: commits.handle(),
@@ -220,7 +223,7 @@ where
     let direct_set = direct.clone();
     let tgt_init = move |dev: &mut UblkDev| {
         dev.tgt.dev_size = size;
-        dev.tgt.params = params(size, block_size, io_buf_bytes);
+        dev.tgt.params = params(size, block_size, io_buf_bytes, sector);
         if let Some(fd) = origin_fd {
             let n = dev.tgt.nr_fds;
             // libublk registers fds[0] (the char device) and these with each
@@ -296,7 +299,7 @@ mod tests {
 
     #[test]
     fn params_advertise_cache_fua_discard_and_geometry() {
-        let p = params(1 << 30, 16384, 512 * 1024);
+        let p = params(1 << 30, 16384, 512 * 1024, 512);
         assert_eq!(p.basic.logical_bs_shift, 9);
         assert_eq!(p.basic.physical_bs_shift, 14);
         assert_ne!(p.basic.attrs & sys::UBLK_ATTR_VOLATILE_CACHE, 0);
@@ -307,6 +310,13 @@ mod tests {
         assert_eq!(p.discard.discard_granularity, 16384);
         assert_eq!(p.discard.max_discard_sectors, MAX_DISCARD_BYTES >> 9);
         assert_eq!(p.discard.max_write_zeroes_sectors, MAX_DISCARD_BYTES >> 9);
+    }
+
+    #[test]
+    fn params_advertise_a_4kn_origins_sector() {
+        let p = params(1 << 30, 16384, 512 * 1024, 4096);
+        assert_eq!(p.basic.logical_bs_shift, 12);
+        assert_eq!(p.basic.physical_bs_shift, 14);
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub trait IoBackend: Send + Sync {
     fn origin_fd(&self) -> Option<RawFd> {
         None
     }
+    /// The logical block size to advertise (bytes, a power of two from 512 to 4096): the
+    /// smallest request the backend's origin takes as it is.
+    fn sector_size(&self) -> u32 {
+        512
+    }
     /// Admits `buf` at `off` as a plain origin write the caller issues itself
     /// on [`IoBackend::origin_fd`], without ever blocking; the caller must
     /// [`snapmap::DirectWrite::finish`] it with the write's outcome (`true`:

@@ -33,6 +33,9 @@ impl IoBackend for snapmap::Engine {
     fn origin_fd(&self) -> Option<RawFd> {
         snapmap::Engine::origin_fd(self)
     }
+    fn sector_size(&self) -> u32 {
+        snapmap::Engine::sector_size(self)
+    }
     fn try_direct_write<'a>(&'a self, off: u64, buf: &[u8]) -> Option<snapmap::DirectWrite<'a>> {
         snapmap::Engine::try_direct_write(self, off, buf)
     }

@@ -341,6 +341,16 @@ pub fn remote(cmd: RemoteCommand) -> Result<()> {
                     to.display()
                 );
             }
+            if is_dev {
+                // The daemon's exclusive claim already makes the open fail; this names the
+                // device and the way out instead of "in use".
+                if let Some((id, pid)) = crate::session::serving_daemon(&to, &to) {
+                    bail!(
+                        "{} is the backing or store of running device {id} (/dev/ublkb{id}, daemon pid {pid}): restoring over it would change the volume and its snapshots underneath; `snapblk delete -n {id}` first, or restore to another device",
+                        to.display()
+                    );
+                }
+            }
             let t = open_remote(&from)?;
             tracing::info!(from = %from.from, ?sel, to = %to.display(), "remote restore: rebuilding the image");
             let bar = Progress::new(&format!("restore point {point}"), Unit::Segments);

@@ -189,6 +189,13 @@ impl Engine {
         self.origin.raw_fd()
     }
 
+    /// The origin's sector size ([`BlockDev::sector_size`]): the smallest request a frontend
+    /// should let through, and the logical block size to advertise, since I/O on
+    /// [`Engine::origin_fd`] below it fails (a 4Kn disk under O_DIRECT refuses 512-byte I/O).
+    pub fn sector_size(&self) -> u32 {
+        self.origin.sector_size()
+    }
+
     /// Admits `buf` at `off` as a write the caller performs itself on [`Engine::origin_fd`],
     /// when the engine would do exactly that and nothing else: whole blocks, at most one write
     /// step, no FUA handling (the caller flushes), nothing to preserve, every block's

@@ -48,6 +48,34 @@ pub(super) fn lock(
     }
 }
 
+/// Opens `path` (the `what`: "backing" or "store") as [`FileDev::open`] does. A block device
+/// claimed by someone else (EBUSY) is retried for `opts.lock_wait`, as a lock is, since the
+/// claimant may be a daemon that is just exiting; then refused, naming who holds it.
+fn open_claimed(path: &Path, what: &'static str, opts: &OpenOptions) -> Result<FileDev> {
+    let deadline = std::time::Instant::now() + opts.lock_wait;
+    loop {
+        match FileDev::open(path, opts.direct_io, opts.read_only) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                if std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                let who = crate::io::claimants(path);
+                return Err(Error::InUse {
+                    what,
+                    path: path.display().to_string(),
+                    holder: if who.is_empty() {
+                        "a program that claimed the device exclusively (a mount in another namespace, a running snapblk device, LVM, md or device-mapper)".to_string()
+                    } else {
+                        who.join(", ")
+                    },
+                });
+            }
+            r => return r.map_err(|e| Error::io(format!("open {what} {}", path.display()), e)),
+        }
+    }
+}
+
 impl Engine {
     /// Opens `store` for the origin file or device `backing`, formatting a new store when
     /// `opts.create` and it does not exist yet.
@@ -66,8 +94,7 @@ impl Engine {
                 }
             }
         }
-        let origin = FileDev::open(backing, opts.direct_io, opts.read_only)
-            .map_err(|e| Error::io(format!("open backing {}", backing.display()), e))?;
+        let origin = open_claimed(backing, "backing", opts)?;
         // Two writers on one origin or store would each trust an index the other is changing:
         // silent corruption. Readers share; a writer excludes everyone.
         lock(&origin, "backing", backing, !opts.read_only, opts.lock_wait)?;
@@ -96,8 +123,7 @@ impl Engine {
                 .unwrap_or(false);
         let origin: Arc<dyn BlockDev> = Arc::new(origin);
         if store_exists {
-            let dev = FileDev::open(store, opts.direct_io, opts.read_only)
-                .map_err(|e| Error::io(format!("open store {}", store.display()), e))?;
+            let dev = open_claimed(store, "store", opts)?;
             lock(&dev, "store", store, !opts.read_only, opts.lock_wait)?;
             return Engine::open(origin, Arc::new(dev), opts);
         }
