@@ -278,6 +278,11 @@ impl FileDev {
         })
     }
 
+    /// Whether this is a block device (fixed size, claimed exclusively when writable).
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
     /// Sets a regular file's length (sparse when growing).
     pub fn set_len(&self, len: u64) -> io::Result<()> {
         if self.block_device {

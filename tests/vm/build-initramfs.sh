@@ -108,6 +108,12 @@ if [[ -x $snapblk ]]; then
 elif [[ -n ${SNAPBLK_BIN:-} ]]; then
     vm_die "SNAPBLK_BIN=$SNAPBLK_BIN is not an executable file"
 fi
+# The power-cut scenario's log replayer, built with the workspace (tests/src/bin).
+replayer=$REPO_ROOT/target/release/snapblk-replay-log
+if [[ -x $replayer ]]; then
+    cp "$replayer" "$stage/usr/local/bin/snapblk-replay-log"
+    stage_libs "$replayer"
+fi
 # Garage, the real S3 server, for the S3 shipping scenario (the guest has no network, so
 # the server runs in the guest on its loopback), with the helper that starts it.
 garage=${GARAGE_BIN:-$(command -v garage || true)}

@@ -76,6 +76,14 @@ fn open_claimed(path: &Path, what: &'static str, opts: &OpenOptions) -> Result<F
     }
 }
 
+/// Whether the first 64 KiB of `dev` are all zero (a device no store was ever made on).
+fn is_blank(dev: &FileDev) -> Result<bool> {
+    let mut head = crate::buf::AlignedBuf::zeroed(crate::format::MAX_BLOCK as usize);
+    dev.read_at(&mut head, 0)
+        .map_err(|e| Error::io(format!("read the start of store {}", dev.name()), e))?;
+    Ok(head.iter().all(|&b| b == 0))
+}
+
 impl Engine {
     /// Opens `store` for the origin file or device `backing`, formatting a new store when
     /// `opts.create` and it does not exist yet.
@@ -125,6 +133,14 @@ impl Engine {
         if store_exists {
             let dev = open_claimed(store, "store", opts)?;
             lock(&dev, "store", store, !opts.read_only, opts.lock_wait)?;
+            // A block device cannot be "a path that does not exist yet": a new store on one is
+            // made on a blank device (its first 64 KiB, where both superblock copies of any
+            // block size live, all zero). Anything else is opened, and so refused unless it is
+            // a store: a mistyped --store never formats over someone's data.
+            if opts.create && !opts.read_only && dev.is_block_device() && is_blank(&dev)? {
+                let dev: Arc<dyn BlockDev> = Arc::new(dev);
+                return Engine::format(origin, dev, opts);
+            }
             return Engine::open(origin, Arc::new(dev), opts);
         }
         if !opts.create || opts.read_only {

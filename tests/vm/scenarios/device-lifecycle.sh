@@ -12,19 +12,6 @@ ID=5
 DEV=/dev/ublkb$ID
 ERR=$VM_SCRATCH/life.err
 
-# fails_with NEEDLE CMD...  CMD must fail, with NEEDLE in a one-line stderr.
-fails_with() {
-    local needle=$1
-    shift
-    if "$@" >/dev/null 2>"$ERR"; then
-        echo "unexpected success: $*"
-        return 1
-    fi
-    cat "$ERR"
-    grep -qF -- "$needle" "$ERR" || { echo "stderr lacks: $needle"; return 1; }
-    (($(wc -l <"$ERR") == 1)) || { echo "error is not one line"; return 1; }
-}
-
 step "create with a missing backing file and no --size names the fix" \
     fails_with "--size" "$S" create --backing "$VM_SCRATCH/missing.img"
 step "create with --block-size 3K is refused" \

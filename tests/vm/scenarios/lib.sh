@@ -242,6 +242,20 @@ umount_if_mounted() {
     if mountpoint -q "$1"; then umount "$1"; fi
 }
 
+# fails_with NEEDLE CMD...  CMD must fail, with NEEDLE in a one-line stderr (kept in $ERR,
+# default $VM_SCRATCH/fails_with.err).
+fails_with() {
+    local needle=$1 err=${ERR:-$VM_SCRATCH/fails_with.err}
+    shift
+    if "$@" >/dev/null 2>"$err"; then
+        echo "unexpected success: $*"
+        return 1
+    fi
+    cat "$err"
+    grep -qF -- "$needle" "$err" || { echo "stderr lacks: $needle"; return 1; }
+    (($(wc -l <"$err") == 1)) || { echo "error is not one line"; return 1; }
+}
+
 # snapblk_has COMMAND  succeed when the built snapblk knows COMMAND.
 snapblk_has() {
     [[ -n ${SNAPBLK_BIN:-} && -x $SNAPBLK_BIN ]] || return 1
