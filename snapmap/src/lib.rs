@@ -32,7 +32,8 @@ pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use engine::direct::{CowWrite, DirectWrite, Preserve, Span};
+pub use engine::cow::{CowWrite, Preserve, Span};
+pub use engine::direct::DirectWrite;
 pub use engine::{
     validate_name, BlockRange, CheckReport, Engine, OpenOptions, RestoreReport, RestoreState,
     SnapshotInfo, Stats, Status,

@@ -16,20 +16,17 @@
 //! - A whole-block write that does need preserves can be driven by the caller too, in steps, so
 //!   that its origin I/O goes wherever the caller's other I/O goes and many preserves share
 //!   one commit call: [`Engine::try_cow_write`] admits it (locks held, never blocks), the caller
-//!   reads the originals named by [`CowWrite::reads`] into [`CowWrite::old_mut`],
-//!   [`CowWrite::prepare`] compares them with the new data and hands back a [`Preserve`] (the
+//!   reads the originals named by [`CowWrite::reads`](crate::CowWrite::reads) into [`CowWrite::old_mut`](crate::CowWrite::old_mut),
+//!   [`CowWrite::prepare`](crate::CowWrite::prepare) compares them with the new data and hands back a [`Preserve`](crate::Preserve) (the
 //!   originals that really change), [`Engine::commit_preserves`] makes a batch of those durable
-//!   in group commits, and only after [`CowWrite::committed`] accepted a successful result does
-//!   [`CowWrite::writes`] name the origin writes to issue. That order is the ordering rule
+//!   in group commits, and only after [`CowWrite::committed`](crate::CowWrite::committed) accepted a successful result does
+//!   [`CowWrite::writes`](crate::CowWrite::writes) name the origin writes to issue. That order is the ordering rule
 //!   (stated in `write.rs`): no new data can reach the origin before its block's original and
 //!   mapping are durable.
 
-use super::{add, Engine, MAX_RUN};
-use crate::commit::{Kept, Request};
-use crate::error::{Error, Result};
-use crate::io::BlockDev;
+use super::{Engine, MAX_RUN};
+use crate::error::Result;
 use crate::locks::RangeGuard;
-use crate::scratch::Scratch;
 use std::os::fd::RawFd;
 use std::sync::RwLockReadGuard;
 
@@ -66,12 +63,12 @@ impl DirectWrite<'_> {
 /// block locks, and its new data's checksums. Dropped unsettled (the caller gave up midway), it
 /// forgets every block's checksum, since the origin may hold either version: forgetting is
 /// always safe, it only costs a later compare.
-struct Held<'a> {
-    engine: &'a Engine,
+pub(super) struct Held<'a> {
+    pub(super) engine: &'a Engine,
     // Field order is drop order: the block locks go before the snapshot gate.
     _locks: RangeGuard<'a>,
     _gate: RwLockReadGuard<'a, ()>,
-    b0: u64,
+    pub(super) b0: u64,
     /// [`crate::csum::fingerprint`] of each block's new data.
     fps: Fingerprints,
     settled: bool,
@@ -79,7 +76,7 @@ struct Held<'a> {
 
 impl Held<'_> {
     /// [`Engine::settle`], once; the locks go when `self` does.
-    fn settle(&mut self, written: impl Fn(usize) -> bool, ok: bool, len: u64) {
+    pub(super) fn settle(&mut self, written: impl Fn(usize) -> bool, ok: bool, len: u64) {
         if !self.settled {
             self.settled = true;
             self.engine.settle(self.b0, &self.fps, written, ok, len);
@@ -123,13 +120,13 @@ impl std::ops::Deref for Fingerprints {
 /// A set of a write step's blocks (by index within the step), as bits: a first write is
 /// admitted on every request's path, and two lists of flags were two heap allocations each.
 #[derive(Clone, Copy, Default)]
-struct BlockSet([u64; BlockSet::WORDS]);
+pub(super) struct BlockSet([u64; BlockSet::WORDS]);
 
 impl BlockSet {
     const WORDS: usize = (MAX_RUN as usize).div_ceil(64);
 
     /// Blocks `0..n` (n ≤ `MAX_RUN`).
-    fn first(n: usize) -> BlockSet {
+    pub(super) fn first(n: usize) -> BlockSet {
         let mut s = BlockSet::default();
         for (k, w) in s.0.iter_mut().enumerate() {
             let bits = n.saturating_sub(k * 64).min(64);
@@ -142,35 +139,35 @@ impl BlockSet {
         s
     }
 
-    fn insert(&mut self, i: usize) {
+    pub(super) fn insert(&mut self, i: usize) {
         self.0[i / 64] |= 1 << (i % 64);
     }
 
-    fn remove(&mut self, i: usize) {
+    pub(super) fn remove(&mut self, i: usize) {
         self.0[i / 64] &= !(1 << (i % 64));
     }
 
-    fn contains(&self, i: usize) -> bool {
+    pub(super) fn contains(&self, i: usize) -> bool {
         self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.0.iter().all(|&w| w == 0)
     }
 }
 
 /// A write [`Engine::admit`] let through.
-struct Admission<'a> {
-    held: Held<'a>,
-    n: usize,
+pub(super) struct Admission<'a> {
+    pub(super) held: Held<'a>,
+    pub(super) n: usize,
     /// The newest snapshot (0 when there is none).
-    snap: u64,
+    pub(super) snap: u64,
     /// Blocks the newest snapshot still needs (empty for a plain write).
-    need: BlockSet,
+    pub(super) need: BlockSet,
 }
 
 impl Engine {
@@ -189,7 +186,7 @@ impl Engine {
         self.origin.raw_fd()
     }
 
-    /// The origin's sector size ([`BlockDev::sector_size`]): the smallest request a frontend
+    /// The origin's sector size ([`crate::io::BlockDev::sector_size`]): the smallest request a frontend
     /// should let through, and the logical block size to advertise, since I/O on
     /// [`Engine::origin_fd`] below it fails (a 4Kn disk under O_DIRECT refuses 512-byte I/O).
     pub fn sector_size(&self) -> u32 {
@@ -214,7 +211,7 @@ impl Engine {
     /// (taken here), and whether the newest snapshot still needs any of the blocks — which must
     /// be `cow`. A block that needs no preserve and whose remembered checksum equals the new
     /// data's may already hold these bytes: the engine compares it, so such writes are refused.
-    fn admit(&self, off: u64, buf: &[u8], cow: bool) -> Option<Admission<'_>> {
+    pub(super) fn admit(&self, off: u64, buf: &[u8], cow: bool) -> Option<Admission<'_>> {
         let bs = self.bs as u64;
         let len = buf.len() as u64;
         if len == 0
@@ -286,304 +283,6 @@ impl Engine {
             snap,
             need,
         })
-    }
-}
-
-/// Where a [`CowWrite`] stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CowState {
-    /// Waiting for the caller to read the originals.
-    Reading,
-    /// A [`Preserve`] is out; nothing may be written until it is committed.
-    Committing,
-    /// Preserves are durable (or none were needed): the writes may be issued.
-    Writable,
-    /// The commit failed: nothing may be written.
-    Failed,
-}
-
-/// An admitted copy-on-write the caller drives step by step (see the module docs). Holds the
-/// write's block locks and the snapshot gate until finished; dropping it without
-/// [`CowWrite::finish`] counts as a failed write.
-pub struct CowWrite<'a> {
-    held: Held<'a>,
-    n: usize,
-    snap: u64,
-    /// Blocks the newest snapshot still needs (their originals must be read and preserved).
-    need: BlockSet,
-    /// Blocks to write to the origin (cleared for a needed block found to hold the new bytes).
-    write: BlockSet,
-    /// The originals of the needed blocks, at their block index.
-    old: Scratch,
-    state: CowState,
-}
-
-/// The originals one [`CowWrite`] preserves, ready to be committed by
-/// [`Engine::commit_preserves`] on any thread.
-pub struct Preserve {
-    req: Request,
-}
-
-impl Preserve {
-    /// Number of blocks it preserves.
-    pub fn blocks(&self) -> usize {
-        self.req.blocks.len()
-    }
-}
-
-/// Consecutive blocks of a [`CowWrite`] that the caller reads or writes in one I/O.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Span {
-    /// Byte offset on the origin.
-    pub off: u64,
-    /// Byte offset within the write's data (and within [`CowWrite::old_mut`]).
-    pub at: usize,
-    /// Bytes.
-    pub len: usize,
-}
-
-impl CowWrite<'_> {
-    fn spans(&self, pick: impl Fn(usize) -> bool) -> Vec<Span> {
-        let bs = self.held.engine.bs as usize;
-        // One span in the common case (a write of consecutive blocks all needing the same).
-        let mut out = Vec::with_capacity(1);
-        let mut i = 0;
-        while i < self.n {
-            if !pick(i) {
-                i += 1;
-                continue;
-            }
-            let mut j = i + 1;
-            while j < self.n && pick(j) {
-                j += 1;
-            }
-            out.push(Span {
-                off: (self.held.b0 + i as u64) * bs as u64,
-                at: i * bs,
-                len: (j - i) * bs,
-            });
-            i = j;
-        }
-        out
-    }
-
-    /// The origin reads to issue before [`CowWrite::prepare`]: each span's bytes go to the same
-    /// place (`at`) in [`CowWrite::old_mut`].
-    pub fn reads(&self) -> Vec<Span> {
-        self.spans(|i| self.need.contains(i))
-    }
-
-    /// The buffer the originals are read into (as long as the write; aligned for O_DIRECT).
-    pub fn old_mut(&mut self) -> &mut [u8] {
-        &mut self.old
-    }
-
-    /// Compares the originals (read into [`CowWrite::old_mut`]) with the new data `new` (the
-    /// same bytes that were admitted). A needed block that already holds its new bytes is
-    /// neither preserved nor written. Returns the preserves to commit, or `None` when there is
-    /// nothing to preserve (the writes may then be issued at once).
-    pub fn prepare(&mut self, new: &[u8]) -> Option<Preserve> {
-        if self.state != CowState::Reading {
-            return None;
-        }
-        let bs = self.held.engine.bs as usize;
-        let e = self.held.engine;
-        add(&e.counters.compare_reads, self.need.len() as u64);
-        let mut kept = Vec::with_capacity(self.need.len());
-        for i in (0..self.n).filter(|&i| self.need.contains(i)) {
-            let blk = i * bs..(i + 1) * bs;
-            // The bytes themselves: a comparison stops at the first difference, and equal
-            // blocks must be compared in full whatever a checksum says.
-            if self.old[blk.clone()] == new[blk.clone()] {
-                self.write.remove(i);
-                add(&e.counters.blocks_skipped, 1);
-                continue;
-            }
-            kept.push(Kept {
-                block: (self.held.b0 + i as u64) as u32,
-                // The store record's checksum (crc32, as the format defines it).
-                crc: crc32fast::hash(&self.old[blk]),
-                at: i as u32,
-            });
-        }
-        if kept.is_empty() {
-            self.state = CowState::Writable;
-            return None;
-        }
-        self.state = CowState::Committing;
-        Some(Preserve {
-            req: Request {
-                meta: Vec::new(),
-                snap: self.snap,
-                blocks: kept,
-                data: std::mem::replace(&mut self.old, Scratch::take(0)),
-            },
-        })
-    }
-
-    /// Accepts the outcome of committing this write's [`Preserve`]: only a success lets
-    /// [`CowWrite::writes`] name anything.
-    pub fn committed(&mut self, ok: bool) {
-        if self.state == CowState::Committing {
-            self.state = if ok {
-                CowState::Writable
-            } else {
-                CowState::Failed
-            };
-        }
-    }
-
-    /// The origin writes to issue (from the new data at `at`), once the preserves are durable;
-    /// empty before that, after a failed commit, or when every block already held its bytes.
-    pub fn writes(&self) -> Vec<Span> {
-        if self.state != CowState::Writable {
-            return Vec::new();
-        }
-        self.spans(|i| self.write.contains(i))
-    }
-
-    /// Records the outcome of the caller's origin writes (`true`: every span written in full):
-    /// the blocks' checksums are remembered, or forgotten after a failure. Releases the locks.
-    pub fn finish(mut self, ok: bool) {
-        let ok = ok && self.state == CowState::Writable;
-        let len = self.n as u64 * self.held.engine.bs as u64;
-        let write = &self.write;
-        self.held.settle(|i| write.contains(i), ok, len);
-    }
-
-    /// The caller's origin writes did not all complete in full: the engine issues every span of
-    /// [`CowWrite::writes`] again itself, from `data` (the admitted bytes), on the calling
-    /// thread, with the gate and locks still held, then settles. For the same reason as
-    /// [`DirectWrite::redo`]: a snapshot taken between a failed attempt and a retry would
-    /// preserve the half-written block. Refused (and settled as failed) before the preserves
-    /// are durable, since the ordering rule forbids the write then.
-    pub fn redo(mut self, data: &[u8]) -> Result<()> {
-        let e = self.held.engine;
-        let len = self.n as u64 * e.bs as u64;
-        if self.state != CowState::Writable {
-            self.held.settle(|_| true, false, len);
-            return Err(Error::Invalid(
-                "a copy-on-write was redone before its preserves were durable (a bug)".into(),
-            ));
-        }
-        let mut r = Ok(());
-        for s in self.writes() {
-            r = e.origin.write_at(&data[s.at..s.at + s.len], s.off);
-            if r.is_err() {
-                break;
-            }
-        }
-        let write = &self.write;
-        self.held.settle(|i| write.contains(i), r.is_ok(), len);
-        r.map_err(|err| e.origin_err("write", err))
-    }
-}
-
-impl Engine {
-    /// The bookkeeping after a caller-driven write of `len` bytes from block `b0` whose new
-    /// data has fingerprints `fps`, of which the blocks `written` picks were to be written. On
-    /// success every block holds its new data: its checksum is recorded and the write counted.
-    /// On failure a block that was to be written may hold either version, so its checksum is
-    /// forgotten.
-    fn settle(&self, b0: u64, fps: &[u32], written: impl Fn(usize) -> bool, ok: bool, len: u64) {
-        for (i, fp) in fps.iter().enumerate() {
-            let b = (b0 + i as u64) as u32;
-            if ok {
-                self.csum.put(b, *fp);
-            } else if written(i) {
-                self.csum.forget(b);
-            }
-        }
-        if ok {
-            add(&self.counters.writes, 1);
-            add(&self.counters.write_bytes, len);
-            add(
-                &self.counters.blocks_written,
-                (0..fps.len()).filter(|&i| written(i)).count() as u64,
-            );
-        }
-    }
-
-    /// Admits `buf` at `off` as a copy-on-write the caller drives (see [`CowWrite`]): whole
-    /// blocks, at most one write step, at least one block the newest snapshot still needs, no
-    /// already-preserved block that might hold these bytes already, and every lock free right
-    /// now. Never blocks; `None` means "use [`Engine::write`]" (or
-    /// [`Engine::try_direct_write`] when nothing needs preserving).
-    pub fn try_cow_write(&self, off: u64, buf: &[u8]) -> Option<CowWrite<'_>> {
-        let a = self.admit(off, buf, true)?;
-        Some(CowWrite {
-            held: a.held,
-            n: a.n,
-            snap: a.snap,
-            write: BlockSet::first(a.n),
-            need: a.need,
-            old: Scratch::take(a.n * self.bs as usize),
-            state: CowState::Reading,
-        })
-    }
-
-    /// Writes `data` at `off` the way a frontend with its own origin I/O does (the ublk queue
-    /// does the same steps asynchronously): through [`Engine::try_direct_write`] or
-    /// [`Engine::try_cow_write`] with the origin I/O done here on `origin` (which must be the
-    /// engine's origin device), else through [`Engine::write`]. The reference for driving those
-    /// paths, and how tests (model, crash) exercise them. Returns whether a caller-driven path
-    /// took the write.
-    pub fn write_as_frontend(&self, origin: &dyn BlockDev, off: u64, data: &[u8]) -> Result<bool> {
-        let io = |what: &str, e: std::io::Error| self.origin_err(what, e);
-        if let Some(w) = self.try_direct_write(off, data) {
-            let r = origin.write_at(data, off);
-            w.finish(r.is_ok());
-            r.map_err(|e| io("write", e))?;
-            return Ok(true);
-        }
-        let Some(mut c) = self.try_cow_write(off, data) else {
-            self.write(off, data)?;
-            return Ok(false);
-        };
-        for s in c.reads() {
-            origin
-                .read_at(&mut c.old_mut()[s.at..s.at + s.len], s.off)
-                .map_err(|e| io("read", e))?;
-        }
-        if let Some(p) = c.prepare(data) {
-            let r = self
-                .commit_preserves(vec![p])
-                .pop()
-                .unwrap_or_else(|| Err(Error::Invalid("no commit result (a bug)".into())));
-            c.committed(r.is_ok());
-            r?;
-        }
-        for s in c.writes() {
-            if let Err(e) = origin.write_at(&data[s.at..s.at + s.len], s.off) {
-                c.finish(false);
-                return Err(io("write", e));
-            }
-        }
-        c.finish(true);
-        Ok(true)
-    }
-
-    /// Makes a batch of [`Preserve`]s durable (in as few group commits as their size allows,
-    /// shared with any other writer's preserves) and returns one result per preserve, in order.
-    /// Blocks until the store's sync returned; run it off any thread that must not block.
-    pub fn commit_preserves(&self, batch: Vec<Preserve>) -> Vec<Result<()>> {
-        if batch.is_empty() {
-            return Vec::new();
-        }
-        if let Err(e) = self.check_writable() {
-            return self.all_failed(batch.len(), &e);
-        }
-        let reqs = batch.into_iter().map(|p| p.req).collect();
-        self.committer
-            .commit_many(reqs, |b| self.run_group(b))
-            .into_iter()
-            .map(|(r, req)| {
-                if r.is_ok() {
-                    add(&self.counters.preserves, req.blocks.len() as u64);
-                }
-                r
-            })
-            .collect()
     }
 }
 

@@ -5,7 +5,8 @@
 //! - `open.rs`: opening files, locking them, formatting, assembling an engine;
 //! - `read.rs`: the live image, snapshots through the delta chain, verified slots;
 //! - `write.rs`: the write path, and **the ordering rule** every write obeys, stated there;
-//! - `direct.rs`: the same path driven by a frontend's own I/O (io_uring), in steps;
+//! - `direct.rs`: plain writes a frontend issues with its own I/O (io_uring), admitted here;
+//! - `cow.rs`: first writes after a snapshot driven by the frontend, in steps;
 //! - `group.rs`: commit groups (the store's `append_group`) and checkpoints;
 //! - `snapshot.rs`: snapshot lifecycle and diffs; `restore.rs`: restore and export;
 //! - `check.rs`: status, counters, the consistency check and close.
@@ -25,6 +26,7 @@ use crate::store::{JournalPos, Recovery, Store};
 const MAX_RUN: u64 = 256;
 
 mod check;
+pub mod cow;
 pub mod direct;
 mod group;
 mod open;

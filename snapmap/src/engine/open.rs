@@ -32,19 +32,26 @@ pub(super) fn lock(
     }
     match got {
         Ok(true) => Ok(()),
-        Ok(false) => {
-            let holders = dev.lock_holders();
-            Err(Error::InUse {
-                what,
-                path: path.display().to_string(),
-                holder: if holders.is_empty() {
-                    "another snapblk process (a running device, or an offline command on it) or another open in this one".to_string()
-                } else {
-                    holders.join(", ")
-                },
-            })
-        }
+        Ok(false) => Err(in_use(
+            what,
+            path,
+            dev.lock_holders(),
+            "another snapblk process (a running device, or an offline command on it) or another open in this one",
+        )),
         Err(e) => Err(Error::io(format!("lock {what} {}", path.display()), e)),
+    }
+}
+
+/// [`Error::InUse`] naming `who` holds `path`, or `unknown` when nothing could be seen.
+fn in_use(what: &'static str, path: &Path, who: Vec<String>, unknown: &str) -> Error {
+    Error::InUse {
+        what,
+        path: path.display().to_string(),
+        holder: if who.is_empty() {
+            unknown.to_string()
+        } else {
+            who.join(", ")
+        },
     }
 }
 
@@ -60,16 +67,12 @@ fn open_claimed(path: &Path, what: &'static str, opts: &OpenOptions) -> Result<F
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     continue;
                 }
-                let who = crate::io::claimants(path);
-                return Err(Error::InUse {
+                return Err(in_use(
                     what,
-                    path: path.display().to_string(),
-                    holder: if who.is_empty() {
-                        "a program that claimed the device exclusively (a mount in another namespace, a running snapblk device, LVM, md or device-mapper)".to_string()
-                    } else {
-                        who.join(", ")
-                    },
-                });
+                    path,
+                    crate::io::claimants(path),
+                    "a program that claimed the device exclusively (a mount in another namespace, a running snapblk device, LVM, md or device-mapper)",
+                ));
             }
             r => return r.map_err(|e| Error::io(format!("open {what} {}", path.display()), e)),
         }

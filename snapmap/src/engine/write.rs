@@ -1,7 +1,7 @@
 //! The write path: compare, preserve, overwrite.
 //!
-//! **The ordering rule**, which every write obeys (this one and the vectored one in
-//! `direct.rs`): the preserved copy of a block and the journal record naming it are durable
+//! **The ordering rule**, which every write obeys (this one and the caller-driven
+//! copy-on-write in `cow.rs`): the preserved copy of a block and the journal record naming it are durable
 //! in the store before the new data can reach the origin. A crash at any point then leaves
 //! either the old block in the origin or its preserved copy named by a durable record, so
 //! every snapshot reads back exactly. The store's side of it is `Store::append_group` (one

@@ -77,14 +77,7 @@ must "snapshot create s2, ship --once to $URL" bash -c "'$S' snapshot create s2 
 step "remote restore onto the served backing is refused, naming the device" \
     fails_with "running device $ID" "$S" remote restore --from "$URL" --to "$LOOP"
 must "restore s1" "$S" restore s1 -n "$ID"
-verify() {
-    mount -t ext4 "$DEV" "$mnt" || return 1
-    (cd "$mnt" && sha256sum -c "$sums") && [[ ! -e $mnt/b.bin ]]
-    local rc=$?
-    umount "$mnt"
-    return $rc
-}
-step "after restore: sha256 match, b.bin gone" verify
+step "after restore: sha256 match, b.bin gone" sums_after_restore "$DEV" "$mnt" ext4 "$sums" b.bin
 must "export s2" "$S" export s2 -n "$ID" --to "$VM_SCRATCH/claims-s2.img"
 must "delete the device" "$S" delete -n "$ID"
 step "the backing mounts once the device is gone" \

@@ -35,14 +35,7 @@ change() {
 step "change, delete, add files" change
 must "umount" umount "$mnt"
 must "restore before" "$S" restore before -n "$ID"
-verify() {
-    mount -t xfs "$DEV" "$mnt" || return 1
-    (cd "$mnt" && sha256sum -c "$sums") && [[ ! -e $mnt/new.bin ]]
-    local rc=$?
-    umount "$mnt"
-    return $rc
-}
-step "after restore every sha256 matches, the new file is gone" verify
+step "after restore every sha256 matches, the new file is gone" sums_after_restore "$DEV" "$mnt" xfs "$sums" new.bin
 step "xfs_repair -n clean" xfs_repair -n "$DEV"
 export_check() {
     local e=$VM_SCRATCH/xfs-before.img loopdev

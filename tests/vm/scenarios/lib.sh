@@ -237,6 +237,17 @@ mount_at() {
     on_exit umount_if_mounted "$dir"
 }
 
+# sums_after_restore DEV DIR FSTYPE SUMS GONE  mount DEV at DIR, check every sha256 in SUMS
+# (paths relative to DIR) and that DIR/GONE does not exist, umount.
+sums_after_restore() {
+    local dev=$1 dir=$2 fstype=$3 sums=$4 gone=$5 rc
+    mount -t "$fstype" "$dev" "$dir" || return 1
+    (cd "$dir" && sha256sum -c "$sums") && [[ ! -e $dir/$gone ]]
+    rc=$?
+    umount "$dir"
+    return $rc
+}
+
 # umount_if_mounted DIR
 umount_if_mounted() {
     if mountpoint -q "$1"; then umount "$1"; fi
