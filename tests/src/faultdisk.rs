@@ -4,6 +4,12 @@
 //! any of the values it held since the last sync (a sector can even keep an older cached
 //! value while a newer one is lost). Several disks share one [`PowerDomain`], so origin and
 //! store lose power at the same instant. I/O errors can be injected at chosen operations.
+//!
+//! The sector, 512 bytes unless [`CrashDisk::with_sector`] says otherwise, is the unit a
+//! sector persists in: a 4Kn disk (`with_sector(4096)`) never keeps part of a 4 KiB sector.
+//! A write covering part of a sector persists as the whole sector as reads saw it right
+//! after that write, which is what the device was sent (the page cache, or an O_DIRECT
+//! bounce, read the rest of the sector and wrote it back with the new bytes).
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -11,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use fixtures::Rng;
 use snapmap::BlockDev;
 
-/// Sector size: the unit a torn write tears at.
+/// The default sector size: the unit a torn write tears at.
 pub const SECTOR: usize = 512;
 
 /// What kind of error to inject.
@@ -142,6 +148,7 @@ pub struct CrashDisk {
     grow: bool,
     st: Mutex<State>,
     sync_delay: std::time::Duration,
+    sector: usize,
 }
 
 impl CrashDisk {
@@ -157,7 +164,19 @@ impl CrashDisk {
                 cache: Vec::new(),
             }),
             sync_delay: std::time::Duration::ZERO,
+            sector: SECTOR,
         }
+    }
+
+    /// The same disk with `sector`-byte sectors (a power of two, at least 512): a power cut
+    /// keeps or loses whole sectors of that size, and [`BlockDev::sector_size`] reports it.
+    pub fn with_sector(mut self, sector: usize) -> Self {
+        assert!(
+            sector.is_power_of_two() && sector >= 512,
+            "sector size {sector}"
+        );
+        self.sector = sector;
+        self
     }
 
     /// The same disk with syncs that take `d` (like a real cache flush), so that concurrent
@@ -178,6 +197,7 @@ impl CrashDisk {
 
     /// The image after a power cut, chosen by `rng`.
     pub fn after_power_cut(&self, rng: &mut Rng) -> Vec<u8> {
+        let sector = self.sector;
         let st = self.st();
         let len = st.current.len().max(st.durable.len());
         let mut img = st.durable.clone();
@@ -190,15 +210,23 @@ impl CrashDisk {
                 }
             }
             2 => {
+                // What each write sent the device: its sectors as reads saw them right after.
+                let mut cur = img.clone();
                 for (off, data) in &st.cache {
+                    apply(&mut cur, *off, data);
+                    let sectors = self.sectors(*off, data.len());
                     match rng.below(3) {
                         0 => {}
-                        1 => apply(&mut img, *off, data),
+                        1 => {
+                            for s in sectors {
+                                copy_sector(&mut img, &cur, s, sector);
+                            }
+                        }
                         _ => {
                             // Torn: a random subset of its sectors arrived.
-                            for (k, chunk) in data.chunks(SECTOR).enumerate() {
+                            for s in sectors {
                                 if rng.below(2) == 0 {
-                                    apply(&mut img, *off + (k * SECTOR) as u64, chunk);
+                                    copy_sector(&mut img, &cur, s, sector);
                                 }
                             }
                         }
@@ -213,27 +241,41 @@ impl CrashDisk {
                 let mut cur = img.clone();
                 for (off, data) in &st.cache {
                     apply(&mut cur, *off, data);
-                    let first = *off as usize / SECTOR;
-                    let last = (*off as usize + data.len()).div_ceil(SECTOR);
-                    for s in first..last {
-                        let end = ((s + 1) * SECTOR).min(cur.len());
+                    for s in self.sectors(*off, data.len()) {
+                        let end = ((s + 1) * sector).min(cur.len());
                         versions
                             .entry(s)
                             .or_default()
-                            .push(cur[s * SECTOR..end].to_vec());
+                            .push(cur[s * sector..end].to_vec());
                     }
                 }
                 for (s, vs) in versions {
                     let k = rng.below(vs.len() as u64 + 1) as usize;
                     if k > 0 {
                         let v = &vs[k - 1];
-                        img[s * SECTOR..s * SECTOR + v.len()].copy_from_slice(v);
+                        img[s * sector..s * sector + v.len()].copy_from_slice(v);
                     }
                 }
             }
         }
         img
     }
+
+    /// The sectors a write of `len` bytes at `off` touches.
+    fn sectors(&self, off: u64, len: usize) -> std::ops::Range<usize> {
+        if len == 0 {
+            return 0..0;
+        }
+        let off = off as usize;
+        off / self.sector..(off + len).div_ceil(self.sector)
+    }
+}
+
+/// Copies sector `s` (`sector` bytes; less at the end of `src`) from `src` into `img`.
+fn copy_sector(img: &mut Vec<u8>, src: &[u8], s: usize, sector: usize) {
+    let start = s * sector;
+    let end = ((s + 1) * sector).min(src.len());
+    apply(img, start as u64, &src[start..end]);
 }
 
 fn apply(img: &mut Vec<u8>, off: u64, data: &[u8]) {
@@ -290,6 +332,10 @@ impl BlockDev for CrashDisk {
     fn name(&self) -> String {
         self.name.clone()
     }
+
+    fn sector_size(&self) -> u32 {
+        self.sector as u32
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +357,53 @@ mod tests {
             assert!(img[512..1024].iter().all(|&x| x == img[512]));
         }
         assert!(lost, "some power cut should lose the unsynced write");
+    }
+
+    /// A 4Kn disk loses or keeps whole 4 KiB sectors (never 512 bytes of one), still tears
+    /// a multi-sector write between sectors, and persists a write covering part of a sector
+    /// as the whole sector it sent.
+    #[test]
+    fn a_4k_sector_disk_tears_only_at_4k_boundaries() {
+        let p = PowerDomain::new(None);
+        let d = CrashDisk::new("d", &p, vec![0; 4 * 4096], false).with_sector(4096);
+        assert_eq!(d.sector_size(), 4096);
+        d.write_at(&[1; 4096], 0).unwrap();
+        d.sync().unwrap();
+        d.write_at(&[2; 3 * 4096], 4096).unwrap();
+        // Part of sector 0 (whose other bytes are synced) and part of sector 3 (whose other
+        // bytes were written, unsynced, just before).
+        d.write_at(&[3; 100], 1000).unwrap();
+        d.write_at(&[4; 100], 3 * 4096 + 1000).unwrap();
+        let (mut torn, mut partial) = (false, false);
+        for seed in 0..256 {
+            let img = d.after_power_cut(&mut Rng::new(seed));
+            let sec = |s: usize| &img[s * 4096..(s + 1) * 4096];
+            let mut s0 = vec![1u8; 4096];
+            s0[1000..1100].fill(3);
+            assert!(
+                sec(0).iter().all(|&x| x == 1) || sec(0) == s0,
+                "seed {seed}: sector 0 torn or lost its synced bytes"
+            );
+            for s in 1..3 {
+                assert!(
+                    sec(s).iter().all(|&x| x == 0) || sec(s).iter().all(|&x| x == 2),
+                    "seed {seed}: sector {s} torn inside"
+                );
+            }
+            let mut s3 = vec![2u8; 4096];
+            s3[1000..1100].fill(4);
+            assert!(
+                sec(3).iter().all(|&x| x == 0) || sec(3).iter().all(|&x| x == 2) || sec(3) == s3,
+                "seed {seed}: sector 3 holds bytes no write sent it"
+            );
+            partial |= sec(3) == s3 && sec(2)[0] == 0;
+            torn |= sec(1)[0] != sec(2)[0];
+        }
+        assert!(
+            torn,
+            "no power cut tore the three-sector write between sectors"
+        );
+        assert!(partial, "no power cut kept the partial-sector write alone");
     }
 
     #[test]
