@@ -254,7 +254,9 @@ impl Engine {
                 j += 1;
             }
             if buf.len() < (j - k) * bs {
-                buf = AlignedBuf::zeroed(MAX_RUN as usize * bs);
+                // Sized to the longest run seen so far, not to MAX_RUN: at 64 KiB blocks a
+                // full-size buffer is 16 MiB to zero for a store holding a few blocks.
+                buf = AlignedBuf::zeroed((j - k) * bs);
             }
             let run = &mut buf[..(j - k) * bs];
             // A run that cannot be read whole is read block by block, so that the report
