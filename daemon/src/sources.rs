@@ -8,22 +8,34 @@ use ublk_target::source::BlockSource;
 
 /// One snapshot of a running engine, read through its delta chain. What it returns
 /// never changes while the snapshot exists: later writes to the origin preserve the
-/// snapshot's blocks before overwriting them.
+/// snapshot's blocks before overwriting them. The source pins the snapshot for as long as
+/// it lives, so the snapshot cannot be deleted from under a device serving it.
 pub struct SnapshotSource {
     engine: Arc<Engine>,
     name: String,
+    pin: u64,
 }
 
 impl SnapshotSource {
     /// A source for snapshot `name`, or the engine's error when it does not exist.
     pub fn new(engine: Arc<Engine>, name: &str) -> snapmap::Result<SnapshotSource> {
-        if !engine.all_snapshots().iter().any(|s| s.name == name) {
-            return Err(snapmap::Error::NoSuchSnapshot(name.to_string()));
-        }
+        let pin = engine.pin_snapshot(name)?;
         Ok(SnapshotSource {
             engine,
             name: name.to_string(),
+            pin,
         })
+    }
+
+    /// The snapshot's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for SnapshotSource {
+    fn drop(&mut self) {
+        self.engine.unpin_snapshot(self.pin);
     }
 }
 
@@ -64,6 +76,11 @@ mod tests {
         assert!(buf.iter().all(|&b| b == 7));
         let e = dev.write(0, &[1u8; 4096]).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS));
-        assert!(SnapshotSource::new(engine, "nope").is_err());
+        assert!(dev.read_only());
+        assert!(SnapshotSource::new(engine.clone(), "nope").is_err());
+        // Pinned while served, free again once the device goes.
+        assert!(engine.delete_snapshot("s1").is_err());
+        drop(dev);
+        engine.delete_snapshot("s1").unwrap();
     }
 }

@@ -76,6 +76,9 @@ pub enum Error {
     /// A snapshot name that does not exist.
     #[error("snapshot {0:?} does not exist")]
     NoSuchSnapshot(String),
+    /// A snapshot that something reads from (an attached device, a shipment) cannot go.
+    #[error("snapshot {0:?} is in use (attached as a device)")]
+    SnapshotPinned(String),
     /// A snapshot name that is taken.
     #[error("snapshot {0:?} already exists: pick another name or delete the old one first")]
     SnapshotExists(String),
@@ -171,7 +174,7 @@ impl Error {
             | Error::NoStore { .. }
             | Error::TooManyBlocks { .. }
             | Error::RestoreAbandoned { .. } => libc::EINVAL,
-            Error::InUse { .. } => libc::EBUSY,
+            Error::InUse { .. } | Error::SnapshotPinned(_) => libc::EBUSY,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             _ => libc::EIO,
         }

@@ -1125,3 +1125,43 @@ fn a_short_copy_on_write_is_redone_before_any_snapshot_can_see_it() {
         Box::new(move || c.redo(&new).unwrap())
     });
 }
+
+#[test]
+fn a_pinned_snapshot_cannot_be_deleted_and_keeps_its_bytes_while_everything_else_changes() {
+    let (o, s) = mem(16);
+    let e = Engine::format(o, s, &OpenOptions::default()).unwrap();
+    let first = fixtures::block_pattern(3, 0, 4 * BS);
+    e.write(0, &first).unwrap();
+    e.create_snapshot("a").unwrap();
+    e.write(0, &fixtures::block_pattern(4, 0, 4 * BS)).unwrap();
+    e.create_snapshot("b").unwrap();
+    let id = e.pin_snapshot("a").unwrap();
+    let again = e.pin_snapshot("a").unwrap();
+    assert_eq!(id, again);
+    assert!(matches!(
+        e.pin_snapshot("nope"),
+        Err(Error::NoSuchSnapshot(_))
+    ));
+    let err = e.delete_snapshot("a").unwrap_err();
+    assert!(
+        matches!(err, Error::SnapshotPinned(ref n) if n == "a"),
+        "{err}"
+    );
+    assert_eq!(err.errno(), libc::EBUSY);
+    // Everything around it goes on: writes, another snapshot's delete, a restore.
+    e.write(BS as u64, &fixtures::block_pattern(5, 0, 2 * BS))
+        .unwrap();
+    e.delete_snapshot("b").unwrap();
+    e.restore("a", &|_, _| {}).unwrap();
+    e.write(0, &fixtures::block_pattern(6, 0, BS)).unwrap();
+    let mut got = vec![0u8; 4 * BS];
+    e.read_snapshot("a", 0, &mut got).unwrap();
+    assert!(got == first);
+    e.unpin_snapshot(id);
+    assert!(e.is_pinned("a"), "pinned twice, unpinned once");
+    assert!(e.delete_snapshot("a").is_err());
+    e.unpin_snapshot(id);
+    assert!(!e.is_pinned("a"));
+    e.delete_snapshot("a").unwrap();
+    assert!(e.check().unwrap().ok());
+}

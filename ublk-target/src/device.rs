@@ -71,13 +71,25 @@ pub fn kernel_has_device(id: u32) -> bool {
 /// under O_DIRECT, which refuses smaller I/O), physical sector = engine block,
 /// a volatile write cache (so FLUSH reaches us) and FUA, discard and
 /// write-zeroes at block granularity.
-pub fn params(size: u64, block_size: u32, io_buf_bytes: u32, sector: u32) -> sys::ublk_params {
+pub fn params(
+    size: u64,
+    block_size: u32,
+    io_buf_bytes: u32,
+    sector: u32,
+    read_only: bool,
+) -> sys::ublk_params {
     let bs_shift = block_size.trailing_zeros() as u8;
     let sector_shift = sector.clamp(512, 4096).trailing_zeros() as u8;
     sys::ublk_params {
         types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
         basic: sys::ublk_param_basic {
-            attrs: sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA,
+            attrs: sys::UBLK_ATTR_VOLATILE_CACHE
+                | sys::UBLK_ATTR_FUA
+                | if read_only {
+                    sys::UBLK_ATTR_READ_ONLY
+                } else {
+                    0
+                },
             logical_bs_shift: sector_shift.min(bs_shift),
             physical_bs_shift: bs_shift,
             io_min_shift: bs_shift,
@@ -210,6 +222,7 @@ where
     };
     tracing::info!(direct = origin_fd.is_some(), "queue-thread origin I/O");
     let sector = backend.sector_size();
+    let read_only = backend.read_only();
     let ctx = QueueCtx {
         pool: pool.handle(),
         commits: commits.handle(),
@@ -223,7 +236,7 @@ where
     let direct_set = direct.clone();
     let tgt_init = move |dev: &mut UblkDev| {
         dev.tgt.dev_size = size;
-        dev.tgt.params = params(size, block_size, io_buf_bytes, sector);
+        dev.tgt.params = params(size, block_size, io_buf_bytes, sector, read_only);
         if let Some(fd) = origin_fd {
             let n = dev.tgt.nr_fds;
             // libublk registers fds[0] (the char device) and these with each
@@ -299,8 +312,9 @@ mod tests {
 
     #[test]
     fn params_advertise_cache_fua_discard_and_geometry() {
-        let p = params(1 << 30, 16384, 512 * 1024, 512);
+        let p = params(1 << 30, 16384, 512 * 1024, 512, false);
         assert_eq!(p.basic.logical_bs_shift, 9);
+        assert_eq!(p.basic.attrs & sys::UBLK_ATTR_READ_ONLY, 0);
         assert_eq!(p.basic.physical_bs_shift, 14);
         assert_ne!(p.basic.attrs & sys::UBLK_ATTR_VOLATILE_CACHE, 0);
         assert_ne!(p.basic.attrs & sys::UBLK_ATTR_FUA, 0);
@@ -314,9 +328,15 @@ mod tests {
 
     #[test]
     fn params_advertise_a_4kn_origins_sector() {
-        let p = params(1 << 30, 16384, 512 * 1024, 4096);
+        let p = params(1 << 30, 16384, 512 * 1024, 4096, false);
         assert_eq!(p.basic.logical_bs_shift, 12);
         assert_eq!(p.basic.physical_bs_shift, 14);
+    }
+
+    #[test]
+    fn params_tell_the_kernel_a_read_only_device_is_read_only() {
+        let p = params(1 << 30, 4096, 512 * 1024, 512, true);
+        assert_ne!(p.basic.attrs & sys::UBLK_ATTR_READ_ONLY, 0);
     }
 
     #[test]

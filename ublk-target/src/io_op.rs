@@ -29,6 +29,12 @@ pub trait IoBackend: Send + Sync {
     fn origin_fd(&self) -> Option<RawFd> {
         None
     }
+    /// Whether the device is read-only: the kernel is told (`UBLK_ATTR_READ_ONLY`:
+    /// `blockdev --getro` is 1 and users' writes fail with EPERM), and the backend still
+    /// fails any change that an in-kernel writer sends anyway.
+    fn read_only(&self) -> bool {
+        false
+    }
     /// The logical block size to advertise (bytes, a power of two from 512 to 4096): the
     /// smallest request the backend's origin takes as it is.
     fn sector_size(&self) -> u32 {

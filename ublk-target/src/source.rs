@@ -43,6 +43,9 @@ impl<S: BlockSource> IoBackend for ReadOnly<S> {
     fn read(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         self.source.read(off, buf)
     }
+    fn read_only(&self) -> bool {
+        true
+    }
     fn write(&self, _off: u64, _buf: &[u8]) -> io::Result<()> {
         Err(read_only())
     }

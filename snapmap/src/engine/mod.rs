@@ -153,6 +153,9 @@ pub struct Engine {
     recovery: Recovery,
     checkpoint_every: u64,
     zero_fp: u32,
+    /// Snapshots something reads from (an attached device), by id, with how many readers:
+    /// they cannot be deleted until every reader unpins them.
+    pins: Mutex<std::collections::HashMap<u64, u32>>,
 }
 
 fn now_unix() -> u64 {

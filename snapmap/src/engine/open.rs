@@ -303,6 +303,7 @@ impl Engine {
             store_full: AtomicBool::new(false),
             failed: Mutex::new(None),
             has_failed: AtomicBool::new(false),
+            pins: Mutex::new(std::collections::HashMap::new()),
             recovery,
             checkpoint_every: opts.checkpoint_every.max(1),
             zero_fp: fingerprint(&zero),

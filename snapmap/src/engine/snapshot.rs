@@ -112,10 +112,51 @@ impl Engine {
             let ix = read_lock(&self.index);
             ix.snaps[self.snap_pos(&ix, name)?].id
         };
+        // Checked under the gate: pin_snapshot takes it shared, so a pin cannot slip in
+        // between this check and the delete.
+        if self.pins().get(&id).is_some_and(|&n| n > 0) {
+            return Err(Error::SnapshotPinned(name.to_string()));
+        }
         self.commit(Request::meta(vec![Entry::SnapshotDeleted { id }]))?;
         // Freed space may end a store-full condition.
         self.store_full.store(false, Ordering::Release);
         Ok(())
+    }
+
+    fn pins(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, u32>> {
+        self.pins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps snapshot `name` from being deleted until [`Engine::unpin_snapshot`] is called
+    /// with the id this returns, as often as it was pinned (an attached device pins its
+    /// snapshot for as long as it is attached). Its content never changes anyway; the pin
+    /// keeps it existing.
+    pub fn pin_snapshot(&self, name: &str) -> Result<u64> {
+        let _gate = read_lock(&self.gate);
+        let id = {
+            let ix = read_lock(&self.index);
+            ix.snaps[self.snap_pos(&ix, name)?].id
+        };
+        *self.pins().entry(id).or_insert(0) += 1;
+        Ok(id)
+    }
+
+    /// Drops one pin of the snapshot with id `id` (see [`Engine::pin_snapshot`]).
+    pub fn unpin_snapshot(&self, id: u64) {
+        let mut pins = self.pins();
+        if let Some(n) = pins.get_mut(&id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                pins.remove(&id);
+            }
+        }
+    }
+
+    /// Whether snapshot `name` is pinned.
+    pub fn is_pinned(&self, name: &str) -> bool {
+        let ix = read_lock(&self.index);
+        self.snap_pos(&ix, name)
+            .is_ok_and(|p| self.pins().contains_key(&ix.snaps[p].id))
     }
 
     pub(super) fn infos(&self, internal: Option<bool>) -> Vec<SnapshotInfo> {
