@@ -337,6 +337,38 @@ pub enum SnapshotCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a snapshot as its own read-only block device; prints /dev/ublkbM
+    ///
+    /// The running device's daemon serves the snapshot, block for block, beside the
+    /// volume, which keeps running: writes to it, restores and other snapshots never
+    /// change what the attached device returns. The kernel sees a read-only disk.
+    /// The snapshot cannot be deleted while it is attached.
+    #[command(verbatim_doc_comment, after_long_help = help::SNAPSHOT_ATTACH)]
+    Attach {
+        /// Snapshot name.
+        name: String,
+        /// Device id of the running volume.
+        #[arg(short = 'n', long = "id")]
+        id: u32,
+        /// Device id for the attached device (default: the next free one).
+        #[arg(long = "as", value_name = "M")]
+        as_id: Option<u32>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an attached snapshot's device (the snapshot stays)
+    ///
+    /// Refused while the device is mounted or open. `snapblk delete -n M` does the same.
+    #[command(verbatim_doc_comment)]
+    Detach {
+        /// Device id of the attachment.
+        #[arg(short = 'n', long = "id")]
+        id: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `restore`.

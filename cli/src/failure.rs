@@ -173,6 +173,21 @@ fn kind_advice(kind: &FailureKind) -> Option<String> {
         FailureKind::RemoteCorrupt => {
             "; run `snapblk remote verify` and re-ship or prune the damaged points".into()
         }
+        FailureKind::SnapshotAttached { device: Some(d) } => {
+            format!(": detach it first (`snapblk snapshot detach -n {d}`)")
+        }
+        FailureKind::SnapshotAttached { device: None } => {
+            ": detach it first (`snapblk list` shows the attached devices)".into()
+        }
+        FailureKind::IdInUse { id } => {
+            format!(": leave out --as for the next free id, or pick another than {id} (`snapblk list`)")
+        }
+        FailureKind::NotAttached { id } => format!(
+            ": `snapblk list` shows the attachments; `snapblk delete -n {id}` stops a volume"
+        ),
+        FailureKind::NeedsDaemon {
+            what: DaemonOnly::Attach,
+        } => ": start the volume with `snapblk create` and attach with -n ID".into(),
         FailureKind::Other
         | FailureKind::Busy
         | FailureKind::SnapshotExists

@@ -168,6 +168,18 @@ Examples:
 Output:
   \"deleted snapshot NAME\". With --json: {deleted}.";
 
+/// `snapblk snapshot attach --help`.
+pub const SNAPSHOT_ATTACH: &str = "\
+Examples:
+    snapblk snapshot attach before-upgrade -n 0          # prints /dev/ublkb1
+    mount -o ro,noload /dev/ublkb1 /mnt/yesterday         # ext4 (xfs: -o ro,norecovery)
+    snapblk snapshot detach -n 1
+
+Output:
+  The attached device's path. With --json: {id, device, snapshot, volume, read_only}.
+  `snapblk list` and `snapblk status -n ID` show attachments; `status -n M` the
+  attachment itself.";
+
 /// `snapblk restore --help`.
 pub const RESTORE: &str = "\
 Examples:

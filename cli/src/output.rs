@@ -174,14 +174,28 @@ pub fn status(v: &StatusAnswer) {
         if let Some(pid) = d.pid {
             println!("daemon pid  {pid}");
         }
-        println!("backing     {}", path_or_empty(&d.backing));
-        println!("store       {}", path_or_empty(&d.store));
+        if let Some(a) = &d.attachment {
+            println!(
+                "attachment  snapshot {} of device {} (read-only)",
+                a.snapshot, a.volume
+            );
+        } else {
+            println!("backing     {}", path_or_empty(&d.backing));
+            println!("store       {}", path_or_empty(&d.store));
+        }
         if let Some(s) = &d.serving {
             println!(
                 "queues      {} x depth {}, {} engine workers",
                 s.nr_queues, s.depth, s.workers
             );
         }
+    }
+    for a in &v.attachments {
+        println!(
+            "attached    {} (snapshot {}, read-only)",
+            a.device.display(),
+            a.snapshot
+        );
     }
     if let Some(e) = &v.engine {
         if v.device.is_none() {

@@ -3,6 +3,7 @@
 //! `delete` or SIGTERM: stop the device (in-flight I/O drains), close the
 //! engine (checkpoint), delete the device, remove the run directory.
 
+use crate::attach::Attachments;
 use crate::busy;
 use crate::control::answer::{DeviceInfo, Exported, Serving, StatusAnswer, Stopping};
 use crate::control::ops::{engine_request, engine_status};
@@ -132,6 +133,8 @@ where
 
     let stats = Arc::new(IoStats::default());
     let server: Arc<Mutex<Option<Server>>> = Arc::new(Mutex::new(None));
+    // Filled once the volume has its id; stopped before the engine closes (each holds it).
+    let attachments: Arc<Mutex<Option<Arc<Attachments>>>> = Arc::new(Mutex::new(None));
     // Set when the device came up but its state could not be published.
     let publish_error: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     let on_ready = {
@@ -141,11 +144,14 @@ where
         let dev_id = dev_id.clone();
         let stop_requested = stop_requested.clone();
         let publish_error = publish_error.clone();
+        let attachments = attachments.clone();
         let mut spec = spec.clone();
         move |id: u32| {
             dev_id.store(i64::from(id), Ordering::SeqCst);
             spec.id = Some(id);
-            match publish(&spec, id, engine, stats, attach) {
+            let att = Arc::new(Attachments::new(engine.clone(), id, spec.clone()));
+            *attachments.lock().unwrap_or_else(|p| p.into_inner()) = Some(att.clone());
+            match publish(&spec, id, engine, stats, attach, att) {
                 Ok(s) => {
                     *server.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
                     ready(id);
@@ -166,6 +172,9 @@ where
     // From here on no request reaches the engine through the device.
     if let Some(s) = server.lock().unwrap_or_else(|p| p.into_inner()).take() {
         s.stop();
+    }
+    if let Some(a) = attachments.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        a.stop_all();
     }
     let close_result = close_engine(engine);
     let stopped = served?;
@@ -190,6 +199,7 @@ fn publish(
     engine: Arc<Engine>,
     stats: Arc<IoStats>,
     attach: Attach,
+    attachments: Arc<Attachments>,
 ) -> Result<Server, Error> {
     let rd = RunDir::new(id);
     rd.create()?;
@@ -214,6 +224,7 @@ fn publish(
         spec: spec.clone(),
         started: Instant::now(),
         exclusive: Mutex::new(()),
+        attachments,
     };
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -286,6 +297,8 @@ struct DaemonHandler {
     exclusive: Mutex<()>,
     /// Shipping jobs; they hold the engine, so they stop when the handler goes away.
     ships: Ships,
+    /// Snapshots served as devices of their own.
+    attachments: Arc<Attachments>,
 }
 
 impl Drop for DaemonHandler {
@@ -321,6 +334,7 @@ impl DaemonHandler {
                 pid: Some(std::process::id() as i32),
                 backing: Some(self.spec.backing.clone()),
                 store: Some(self.spec.store.clone()),
+                attachment: None,
                 serving: Some(Serving {
                     size: self.engine.size(),
                     block_size: self.engine.block_size(),
@@ -334,6 +348,7 @@ impl DaemonHandler {
             io: Some(self.stats.snapshot()),
             ship: self.ships.status(),
             ship_targets,
+            attachments: self.attachments.list(),
         }))
     }
 
@@ -375,6 +390,10 @@ impl Handler for DaemonHandler {
                 Ok(Answer::Exported(Exported { exported: name, to }))
             }
             Request::Shutdown => {
+                // Mounted attachments keep the volume up: stopping would pull their
+                // filesystems away. Unused ones go with it.
+                self.attachments.check_unused()?;
+                self.attachments.stop_all();
                 device::stop(self.id)
                     .map_err(|err| Failure::new(FailureKind::Other, err.to_string()))?;
                 Ok(Answer::Stopping(Stopping {
@@ -398,6 +417,22 @@ impl Handler for DaemonHandler {
                 self.ships.control(&url, action).map(Answer::ShipControlled)
             }
             Request::ShipStatus => Ok(Answer::ShipJobs(self.ships.status())),
+            Request::SnapshotAttach { name, as_id } => {
+                self.attachments.attach(&name, as_id).map(Answer::Attached)
+            }
+            Request::SnapshotDetach { id } => self.attachments.detach(id).map(Answer::Detached),
+            Request::SnapshotDelete { ref name } => {
+                if let Some(dev) = self.attachments.of_snapshot(name) {
+                    return Err(Failure::new(
+                        FailureKind::SnapshotAttached { device: Some(dev) },
+                        format!(
+                            "delete snapshot {name}: it is attached as {}",
+                            device::bdev_path(dev).display()
+                        ),
+                    ));
+                }
+                engine_request(&self.engine, &req, progress)
+            }
             other => engine_request(&self.engine, &other, progress),
         }
     }

@@ -9,10 +9,12 @@
 //! - [`busy`]: whether a block device may be rewritten under its users;
 //! - [`privilege`]: the capabilities the daemon keeps once it runs;
 //! - [`schedules`]: continuous shipping schedules and one-shot ships run in the daemon;
-//! - [`sources`]: block sources for device kinds that read from elsewhere.
+//! - [`sources`]: block sources for device kinds that read from elsewhere;
+//! - [`attach`]: snapshots attached as devices of their own, served beside the volume.
 
 #![warn(missing_docs)]
 
+pub mod attach;
 pub mod busy;
 pub mod control;
 pub mod daemon;

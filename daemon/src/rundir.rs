@@ -122,6 +122,24 @@ impl RunDir {
             .map_err(|e| Error::Protocol(format!("{} is corrupt ({e}): remove it", p.display())))
     }
 
+    /// `attachment.json`: present when the device is a snapshot attached to a volume.
+    pub fn attachment_path(&self) -> PathBuf {
+        self.dir.join("attachment.json")
+    }
+
+    /// Records that this device serves an attached snapshot.
+    pub fn write_attachment(&self, a: &crate::control::answer::Attachment) -> Result<(), Error> {
+        let text = serde_json::to_vec_pretty(a)
+            .map_err(|e| Error::Protocol(format!("encode attachment record: {e}")))?;
+        write_atomic(&self.attachment_path(), &text)
+    }
+
+    /// The attachment this device serves, when it is one (`None`: a volume, or nothing).
+    pub fn read_attachment(&self) -> Option<crate::control::answer::Attachment> {
+        let text = fs::read(self.attachment_path()).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
     /// The pid of a live daemon serving this device, if any.
     pub fn live_pid(&self) -> Option<i32> {
         self.read_pid().ok().filter(|&p| pid_alive(p))

@@ -101,6 +101,7 @@ fn summary(id: u32) -> DeviceInfo {
         backing: spec.as_ref().map(|s| s.backing.clone()),
         store: spec.as_ref().map(|s| s.store.clone()),
         serving: None,
+        attachment: rd.read_attachment(),
     }
 }
 
@@ -121,10 +122,11 @@ pub fn list(as_json: bool) -> Result<()> {
     );
     for r in rows {
         let pid = r.pid.map_or("-".into(), |p| p.to_string());
-        let backing = r
-            .backing
-            .as_ref()
-            .map_or("-".into(), |b| b.display().to_string());
+        let backing = match (&r.attachment, &r.backing) {
+            (Some(a), _) => format!("snapshot {} of device {} (read-only)", a.snapshot, a.volume),
+            (None, Some(b)) => b.display().to_string(),
+            (None, None) => "-".into(),
+        };
         println!(
             "{:<4} {:<14} {:<8} {:<40} {}",
             r.id,
@@ -146,15 +148,31 @@ fn device_status(id: u32) -> Result<Box<StatusAnswer>> {
         }
         .into());
     }
+    let dead = || StatusAnswer {
+        device: Some(summary(id)),
+        engine: None,
+        io: None,
+        ship: Vec::new(),
+        ship_targets: Vec::new(),
+        attachments: Vec::new(),
+    };
+    if let Some(a) = rd.read_attachment() {
+        // An attachment has no socket: its volume's daemon answers for it.
+        let mut v = dead();
+        if rd.live_pid().is_some() {
+            let volume = Session::online(a.volume)?.status()?;
+            if let Some(live) = volume.attachments.into_iter().find(|x| x.id == id) {
+                v.io = live.io.clone();
+                if let Some(d) = v.device.as_mut() {
+                    d.attachment = Some(live);
+                }
+            }
+        }
+        return Ok(Box::new(v));
+    }
     match rd.live_pid() {
         Some(_) => Session::online(id)?.status(),
-        None => Ok(Box::new(StatusAnswer {
-            device: Some(summary(id)),
-            engine: None,
-            io: None,
-            ship: Vec::new(),
-            ship_targets: Vec::new(),
-        })),
+        None => Ok(Box::new(dead())),
     }
 }
 
@@ -215,12 +233,29 @@ fn wait_gone(pid: i32, id: u32) -> Result<()> {
 pub fn delete(id: u32) -> Result<()> {
     device::check_root("snapblk delete")?;
     let rd = RunDir::new(id);
+    if rd.read_attachment().is_some() {
+        return super::snapshot::detach(id, false);
+    }
     let backing = rd
         .read_config()
         .ok()
         .map(|s| s.backing.display().to_string());
     match rd.live_pid() {
         Some(pid) => {
+            // Attached snapshots go with the volume, but not from under a mount; checked
+            // here, with full root, since the daemon cannot see the host's mounts.
+            if let Ok(v) = Session::online(id).and_then(|s| s.status()) {
+                for a in &v.attachments {
+                    snapblk_daemon::busy::check_users(&format!("ublkb{}", a.id), "delete")
+                        .with_context(|| {
+                            format!(
+                                "device {id} has snapshot {} attached as {}",
+                                a.snapshot,
+                                a.device.display()
+                            )
+                        })?;
+                }
+            }
             Client::new(&rd.socket_path())
                 .call(&Request::Shutdown, &mut |_, _| {})
                 .with_context(|| format!("ask the daemon of device {id} to stop"))?;

@@ -86,7 +86,74 @@ pub fn snapshot(cmd: SnapshotCommand) -> Result<()> {
             json,
             |_| println!("deleted snapshot {name}"),
         ),
+        SnapshotCommand::Attach {
+            name,
+            id,
+            as_id,
+            json,
+        } => {
+            let s = Session::online(id)?;
+            let a = expect_answer!(
+                s.request(
+                    Request::SnapshotAttach {
+                        name: name.clone(),
+                        as_id
+                    },
+                    &mut no_progress()
+                )?,
+                Attached
+            );
+            if json {
+                output::json(&a);
+            } else {
+                println!("{}", a.device.display());
+            }
+            Ok(())
+        }
+        SnapshotCommand::Detach { id, json } => detach(id, json),
     }
+}
+
+/// `snapshot detach -n M`, and `delete -n M` of an attachment.
+pub fn detach(id: u32, json: bool) -> Result<()> {
+    use snapblk_daemon::rundir::RunDir;
+    use ublk_target::device;
+    device::check_root("snapblk snapshot detach")?;
+    let rd = RunDir::new(id);
+    let Some(a) = rd.read_attachment() else {
+        bail!(
+            "device {id} is not an attached snapshot: `snapblk list` shows attachments, and `snapblk delete -n {id}` stops a volume"
+        );
+    };
+    // Here, with full root: the daemon cannot see the host's mounts (see busy.rs).
+    snapblk_daemon::busy::check_users(&format!("ublkb{id}"), "detach")?;
+    let volume = RunDir::new(a.volume);
+    let gone = if volume.live_pid().is_some() {
+        let s = Session::online(a.volume)?;
+        expect_answer!(
+            s.request(Request::SnapshotDetach { id }, &mut no_progress())?,
+            Detached
+        )
+    } else {
+        // The volume's daemon died: the attachment's device is an orphan.
+        if device::kernel_has_device(id) {
+            device::check_kernel()?;
+            device::delete_orphan(id)?;
+        }
+        rd.remove()?;
+        a
+    };
+    if json {
+        output::json(&gone);
+    } else {
+        println!(
+            "detached {} (snapshot {} of device {}; the snapshot stays)",
+            gone.device.display(),
+            gone.snapshot,
+            gone.volume
+        );
+    }
+    Ok(())
 }
 
 /// `restore`.

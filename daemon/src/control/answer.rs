@@ -38,6 +38,28 @@ pub enum Answer {
     ShipControlled(ShipControlled),
     /// `ShipStatus`: every continuous schedule.
     ShipJobs(Vec<ShipJob>),
+    /// `SnapshotAttach`: the new device.
+    Attached(Attachment),
+    /// `SnapshotDetach`: the device that went.
+    Detached(Attachment),
+}
+
+/// A snapshot served as its own device (`snapshot attach`), in `status` both ways.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Device id of the attachment (`/dev/ublkb<id>`).
+    pub id: u32,
+    /// Its block device.
+    pub device: PathBuf,
+    /// The snapshot it serves.
+    pub snapshot: String,
+    /// Device id of the volume the snapshot belongs to.
+    pub volume: u32,
+    /// Whether writes are refused (always, until writable attachments exist).
+    pub read_only: bool,
+    /// The device's I/O counters, when its daemon answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoCounters>,
 }
 
 impl Answer {
@@ -57,6 +79,8 @@ impl Answer {
             Answer::ShipStarted(_) => "ship_started",
             Answer::ShipControlled(_) => "ship_controlled",
             Answer::ShipJobs(_) => "ship_jobs",
+            Answer::Attached(_) => "attached",
+            Answer::Detached(_) => "detached",
         }
     }
 }
@@ -80,6 +104,9 @@ pub struct DeviceInfo {
     /// What only a running daemon knows; its fields sit beside the others in JSON.
     #[serde(flatten)]
     pub serving: Option<Serving>,
+    /// When the device is a snapshot attached to a volume: which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
 }
 
 /// The shape of a device its running daemon serves.
@@ -115,6 +142,9 @@ pub struct StatusAnswer {
     /// Targets the store has shipped to (labels its ship points).
     #[serde(default)]
     pub ship_targets: Vec<ShipTarget>,
+    /// Snapshots of this volume attached as devices.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
 }
 
 impl StatusAnswer {
@@ -256,6 +286,7 @@ mod tests {
             pid: Some(7),
             backing: None,
             store: None,
+            attachment: None,
             serving: Some(Serving {
                 size: 1 << 20,
                 block_size: 4096,

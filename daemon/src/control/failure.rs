@@ -33,6 +33,8 @@ pub enum DaemonOnly {
     Shutdown,
     /// Shipping from the daemon (once through it, or continuously).
     Ship,
+    /// Attaching a snapshot as a device, or detaching one.
+    Attach,
 }
 
 /// What kind of failure a [`Failure`] is. Every protocol version keeps the shape of
@@ -106,6 +108,21 @@ pub enum FailureKind {
     LocalVolume,
     /// A remote object failed an integrity check.
     RemoteCorrupt,
+    /// The snapshot is served as a device (`device`, when the daemon knows which).
+    SnapshotAttached {
+        /// Device id of the attachment.
+        device: Option<u32>,
+    },
+    /// The device id asked for is taken.
+    IdInUse {
+        /// The id.
+        id: u32,
+    },
+    /// The device is not a snapshot attached to this volume.
+    NotAttached {
+        /// The id.
+        id: u32,
+    },
     /// The snapshot being restored was deleted mid-way; the pre-restore snapshot holds
     /// the image from before.
     RestoreAbandoned {
@@ -170,6 +187,7 @@ impl FailureKind {
             E::Failed { .. } => FailureKind::StoreFailed,
             E::NoSuchSnapshot(_) => FailureKind::NoSuchSnapshot,
             E::SnapshotExists(_) => FailureKind::SnapshotExists,
+            E::SnapshotPinned(_) => FailureKind::SnapshotAttached { device: None },
             E::InUse { .. } => FailureKind::InUse,
             E::Corrupt { .. } => FailureKind::Corrupt,
             E::WrongOrigin { found, .. } => FailureKind::WrongOrigin {

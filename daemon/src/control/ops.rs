@@ -18,6 +18,7 @@ pub fn engine_status(e: &Engine) -> StatusAnswer {
         io: None,
         ship: Vec::new(),
         ship_targets,
+        attachments: Vec::new(),
     }
 }
 
@@ -111,6 +112,12 @@ pub fn engine_request(
                 what: DaemonOnly::Ship,
             },
             "continuous shipping needs a running daemon",
+        )),
+        Request::SnapshotAttach { .. } | Request::SnapshotDetach { .. } => Err(Failure::new(
+            FailureKind::NeedsDaemon {
+                what: DaemonOnly::Attach,
+            },
+            "attaching a snapshot through the files needs a running daemon",
         )),
     }
 }

@@ -96,6 +96,19 @@ pub enum Request {
     },
     /// Per-target shipping statistics.
     ShipStatus,
+    /// Serve snapshot `name` as a new read-only device (`/dev/ublkbM`), alongside the
+    /// volume.
+    SnapshotAttach {
+        /// Snapshot name.
+        name: String,
+        /// The device id to ask for (`--as M`); the kernel picks one when `None`.
+        as_id: Option<u32>,
+    },
+    /// Stop and remove the attached device `id` (the snapshot stays).
+    SnapshotDetach {
+        /// Device id of the attachment.
+        id: u32,
+    },
 }
 
 /// What [`Request::ShipControl`] does.
@@ -188,7 +201,9 @@ impl Request {
         match self {
             Request::SnapshotCreate { name }
             | Request::SnapshotDelete { name }
-            | Request::Restore { name } => validate_name(name),
+            | Request::Restore { name }
+            | Request::SnapshotAttach { name, .. } => validate_name(name),
+            Request::SnapshotDetach { .. } => Ok(()),
             Request::Export { name, to } => {
                 validate_name(name)?;
                 if !to.is_absolute() {
@@ -349,6 +364,11 @@ mod tests {
                 action: ShipAction::Pause,
             },
             Request::ShipStatus,
+            Request::SnapshotAttach {
+                name: "s1".into(),
+                as_id: Some(7),
+            },
+            Request::SnapshotDetach { id: 7 },
         ];
         for r in reqs {
             let line = String::from_utf8(r.line()).unwrap();
