@@ -360,7 +360,7 @@ pub enum SnapshotCommand {
     /// Remove an attached snapshot's device (the snapshot stays)
     ///
     /// Refused while the device is mounted or open. `snapblk delete -n M` does the same.
-    #[command(verbatim_doc_comment)]
+    #[command(verbatim_doc_comment, after_long_help = help::SNAPSHOT_DETACH)]
     Detach {
         /// Device id of the attachment.
         #[arg(short = 'n', long = "id")]

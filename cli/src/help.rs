@@ -172,13 +172,22 @@ Output:
 pub const SNAPSHOT_ATTACH: &str = "\
 Examples:
     snapblk snapshot attach before-upgrade -n 0          # prints /dev/ublkb1
+    snapblk snapshot attach before-upgrade -n 0 --as 7 --json
     mount -o ro,noload /dev/ublkb1 /mnt/yesterday         # ext4 (xfs: -o ro,norecovery)
-    snapblk snapshot detach -n 1
 
 Output:
   The attached device's path. With --json: {id, device, snapshot, volume, read_only}.
   `snapblk list` and `snapblk status -n ID` show attachments; `status -n M` the
   attachment itself.";
+
+/// `snapblk snapshot detach --help`.
+pub const SNAPSHOT_DETACH: &str = "\
+Examples:
+    umount /mnt/yesterday && snapblk snapshot detach -n 1
+
+Output:
+  \"detached /dev/ublkbM (snapshot NAME of device ID; the snapshot stays)\". With
+  --json: {id, device, snapshot, volume, read_only}.";
 
 /// `snapblk restore --help`.
 pub const RESTORE: &str = "\
