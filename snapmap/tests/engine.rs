@@ -15,17 +15,22 @@ fn mem(blocks: usize) -> (Arc<dyn BlockDev>, Arc<dyn BlockDev>) {
     )
 }
 
+/// A zeroed origin of `blocks` blocks wrapped to count the I/O made to it.
+fn counted_origin(blocks: usize) -> Arc<CountingDev> {
+    Arc::new(CountingDev::new(Arc::new(MemDev::new(
+        "o",
+        (blocks * BS) as u64,
+        false,
+    ))))
+}
+
 fn block(v: u8) -> Vec<u8> {
     vec![v; BS]
 }
 
 #[test]
 fn identical_rewrites_cause_zero_origin_writes() {
-    let counted = Arc::new(CountingDev::new(Arc::new(MemDev::new(
-        "o",
-        64 * BS as u64,
-        false,
-    ))));
+    let counted = counted_origin(64);
     let origin: Arc<dyn BlockDev> = counted.clone();
     let store: Arc<dyn BlockDev> = Arc::new(MemDev::new("s", 0, true));
     let e = Engine::format(origin, store, &OpenOptions::default()).unwrap();
@@ -58,11 +63,7 @@ fn identical_rewrites_cause_zero_origin_writes() {
 
 #[test]
 fn a_changed_block_is_written_without_a_compare_read_when_its_checksum_is_known() {
-    let counted = Arc::new(CountingDev::new(Arc::new(MemDev::new(
-        "o",
-        8 * BS as u64,
-        false,
-    ))));
+    let counted = counted_origin(8);
     let origin: Arc<dyn BlockDev> = counted.clone();
     let e = Engine::format(
         origin,
@@ -78,11 +79,7 @@ fn a_changed_block_is_written_without_a_compare_read_when_its_checksum_is_known(
 
 #[test]
 fn first_write_after_a_snapshot_costs_one_read_two_writes_and_one_store_sync() {
-    let o = Arc::new(CountingDev::new(Arc::new(MemDev::new(
-        "o",
-        8 * BS as u64,
-        false,
-    ))));
+    let o = counted_origin(8);
     let s = Arc::new(CountingDev::new(Arc::new(MemDev::new("s", 0, true))));
     let e = Engine::format(o.clone(), s.clone(), &OpenOptions::default()).unwrap();
     e.write(0, &block(1)).unwrap();
@@ -1023,11 +1020,7 @@ fn parallel_restore_is_exact_reversible_and_idempotent() {
 /// closes: writes it acknowledged before the failure may sit only in the origin's cache.
 #[test]
 fn close_syncs_the_origin_even_after_the_engine_failed() {
-    let counted = Arc::new(CountingDev::new(Arc::new(MemDev::new(
-        "o",
-        64 * BS as u64,
-        false,
-    ))));
+    let counted = counted_origin(64);
     let origin: Arc<dyn BlockDev> = counted.clone();
     let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let store = Arc::new(OnSync {
